@@ -1,0 +1,113 @@
+// kaio/requester.h: a producer's handle on the service: submit I/O, then collect completions from
+// this requester's own mailbox.
+//
+// Threading: a Requester belongs to one thread at a time (one per thread or core); only Error() may
+// be called from any thread. Nothing blocks unless its name says Wait (the destructor waits too).
+// Submission makes no syscall and takes no lock unless the service's submitter sleeps.
+//
+// Ownership: buffers and iovec arrays belong to the caller and must stay valid until the request's
+// completion has been consumed. Destroying a Requester waits for its outstanding requests.
+//
+// Results: a completion's result is the byte count (a short read is a result, not an error) or
+// -errno. Tickets are single-use: once Poll/Wait hands a completion back, or Return() takes it, the
+// ticket is stale and Error/Return/Cancel/WaitAll answer EINVAL (never another request's answer).
+//
+// Errors at submission are statuses: INVALID_ARGUMENT for a null buffer with a non-zero length, a
+// negative offset, offset + length past INT64_MAX, a negative fd, a bad iovec;
+// FAILED_PRECONDITION after Service::Shutdown(); RESOURCE_EXHAUSTED beyond max_requests alive.
+// Errors from the kernel (EBADF for an fd that is not open, EFBIG, EIO...) arrive as the request's
+// result, and only that request fails.
+#ifndef KAIO_API_REQUESTER_H_
+#define KAIO_API_REQUESTER_H_
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "kaio/service.h"
+#include "kaio/types.h"
+
+namespace moodycamel {
+struct ProducerToken;
+}
+
+namespace kaio {
+
+class Requester {
+ public:
+  static absl::StatusOr<std::unique_ptr<Requester>> Create(Service& service);
+  ~Requester();
+  Requester(const Requester&) = delete;
+  Requester& operator=(const Requester&) = delete;
+
+  // ---- Submission. `tag` comes back in the completion.
+  absl::StatusOr<Ticket> Read(int fd, void* buf, size_t length, int64_t offset, uint64_t tag = 0);
+  absl::StatusOr<Ticket> Write(int fd, const void* buf, size_t length, int64_t offset, uint64_t tag = 0);
+  absl::StatusOr<Ticket> Readv(int fd, const struct iovec* iov, int iovcnt, int64_t offset, uint64_t tag = 0);
+  absl::StatusOr<Ticket> Writev(int fd, const struct iovec* iov, int iovcnt, int64_t offset, uint64_t tag = 0);
+  absl::StatusOr<Ticket> Fsync(int fd, uint64_t tag = 0);
+  absl::StatusOr<Ticket> Fdatasync(int fd, uint64_t tag = 0);
+
+  // ---- Collecting completions (each consumes its ticket).
+  // Non-blocking: up to out.size() completions, oldest first.
+  size_t Poll(absl::Span<Completion> out);
+  // Blocks until at least min_count completions were collected or the timeout passed; returns how
+  // many it collected (fewer than min_count only on timeout). Burns no CPU while it waits.
+  size_t Wait(absl::Span<Completion> out, size_t min_count, absl::Duration timeout = absl::InfiniteDuration());
+
+  // ---- Barriers over tickets (the seed's suspend). They consume nothing: collect the results
+  // with Return() (or Poll). INVALID_ARGUMENT if a ticket is stale or another requester's;
+  // DEADLINE_EXCEEDED (the seed's EAGAIN) on timeout. Other completions stay in the mailbox.
+  absl::Status WaitAll(absl::Span<const Ticket> tickets, absl::Duration timeout = absl::InfiniteDuration());
+  // POSIX aio_suspend: returns the position in `tickets` of one finished request.
+  absl::StatusOr<size_t> WaitAny(absl::Span<const Ticket> tickets, absl::Duration timeout = absl::InfiniteDuration());
+
+  // ---- The seed's error/return pair.
+  // EINPROGRESS while running, ECANCELED if cancelled, the I/O's errno, 0 when done successfully,
+  // EINVAL for a stale or unknown ticket. Thread-safe and lock-free.
+  int Error(Ticket ticket) const;
+  // The result (bytes or -errno) of a finished request, consuming the ticket; -EINPROGRESS (ticket
+  // still live) while it runs; -EINVAL for a stale, unknown or another requester's ticket.
+  int64_t Return(Ticket ticket);
+
+  // ---- Cancellation. Queued requests never start and complete with ECANCELED (kCanceled);
+  // requests the kernel or a worker already runs are kNotCanceled and deliver their real result;
+  // finished ones are kAllDone. INVALID_ARGUMENT for a stale ticket.
+  absl::StatusOr<CancelResult> Cancel(Ticket ticket);
+  // Every outstanding request of this requester on fd: kNotCanceled if any could not be cancelled,
+  // else kCanceled if any was, else kAllDone.
+  CancelResult CancelAll(int fd);
+
+  // An eventfd that is readable whenever completions may be waiting: add it to epoll, and when it
+  // fires call Poll() until it returns fewer than asked (that re-arms it). Do not read it yourself.
+  int NotifyFd();
+
+  // Requests submitted and not yet completed.
+  uint64_t in_flight() const;
+
+ private:
+  Requester(Service& service, core::Mailbox* mailbox);
+  absl::StatusOr<Ticket> Submit(int fd, short opcode, void* buf, uint64_t nbytes, int64_t offset, uint64_t tag);
+  absl::StatusOr<Ticket> SubmitVector(int fd, short opcode, const struct iovec* iov, int iovcnt, int64_t offset, uint64_t tag);
+  size_t TakeLocal(absl::Span<Completion> out);
+  // The slot index of a live ticket of ours, or UINT32_MAX.
+  uint32_t OwnSlot(Ticket ticket) const;
+  bool Finished(Ticket ticket) const;
+  void DisarmUnlessNotifying();
+
+  Service& service_;
+  runtime::Engine& engine_;
+  core::Mailbox* mailbox_;
+  std::unique_ptr<moodycamel::ProducerToken> token_;
+  bool notify_mode_ = false;
+};
+
+}  // namespace kaio
+
+#endif  // KAIO_API_REQUESTER_H_

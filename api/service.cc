@@ -1,0 +1,51 @@
+#include "kaio/service.h"
+
+#include "core/mailbox.h"
+#include "runtime/engine.h"
+
+namespace kaio {
+
+absl::StatusOr<std::unique_ptr<Service>> Service::Create(const ServiceOptions& options) {
+  return CreateWithSyscalls(options, nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<Service>> Service::CreateWithSyscalls(const ServiceOptions& options,
+                                                                      core::Syscalls* syscalls) {
+  absl::StatusOr<std::unique_ptr<runtime::Engine>> engine = runtime::Engine::Create(options, syscalls);
+  if (!engine.ok()) return engine.status();
+  return std::unique_ptr<Service>(new Service(*std::move(engine)));
+}
+
+Service::Service(std::unique_ptr<runtime::Engine> engine) : engine_(std::move(engine)) {}
+
+Service::~Service() {
+  Shutdown();
+  engine_.reset();  // joins the threads; no Deliver() can run after this
+  mailboxes_.clear();
+}
+
+ServiceStats Service::Stats() const { return engine_->Stats(); }
+
+void Service::Shutdown() { engine_->Shutdown(); }
+
+absl::StatusOr<core::Mailbox*> Service::TakeMailbox() {
+  std::lock_guard<std::mutex> lock(mailboxes_mu_);
+  if (!free_mailboxes_.empty()) {
+    core::Mailbox* mailbox = free_mailboxes_.back();
+    free_mailboxes_.pop_back();
+    mailbox->ResetForNewOwner();
+    return mailbox;
+  }
+  absl::StatusOr<std::unique_ptr<core::Mailbox>> mailbox =
+      core::Mailbox::Create(engine_->slots(), engine_->syscalls());
+  if (!mailbox.ok()) return mailbox.status();
+  mailboxes_.push_back(*std::move(mailbox));
+  return mailboxes_.back().get();
+}
+
+void Service::GiveBackMailbox(core::Mailbox* mailbox) {
+  std::lock_guard<std::mutex> lock(mailboxes_mu_);
+  free_mailboxes_.push_back(mailbox);
+}
+
+}  // namespace kaio

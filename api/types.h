@@ -1,0 +1,88 @@
+// kaio/types.h: the value types shared by kaio's C++ API: tickets, completions, options, statistics.
+//
+// All types here are plain values: copyable, no hidden sharing, safe to pass between threads.
+#ifndef KAIO_API_TYPES_H_
+#define KAIO_API_TYPES_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/time/time.h"
+
+namespace kaio {
+
+// Names one request. A ticket holds a slot index and a generation, so once its request has been
+// consumed (by Poll/Wait or Return) the ticket is stale and every call that takes it answers EINVAL;
+// it can never be confused with the next request that reuses the slot. The zero ticket is never valid.
+class Ticket {
+ public:
+  constexpr Ticket() = default;
+  constexpr explicit Ticket(uint64_t value) : value_(value) {}
+  constexpr uint64_t value() const { return value_; }
+  constexpr bool valid() const { return value_ != 0; }
+  friend constexpr bool operator==(Ticket a, Ticket b) { return a.value_ == b.value_; }
+  friend constexpr bool operator!=(Ticket a, Ticket b) { return a.value_ != b.value_; }
+
+ private:
+  uint64_t value_ = 0;
+};
+
+// One finished request, as Poll and Wait hand it back.
+struct Completion {
+  Ticket ticket;
+  uint64_t tag = 0;     // the caller's tag, given at submission
+  int64_t result = 0;   // bytes transferred (a short read is a result, not an error), or -errno
+  bool ok() const { return result >= 0; }
+  int error() const { return result < 0 ? static_cast<int>(-result) : 0; }
+};
+
+// What Cancel did, with POSIX's three answers (AIO_CANCELED, AIO_NOTCANCELED, AIO_ALLDONE).
+enum class CancelResult {
+  kCanceled,     // never reached the kernel (or the kernel stopped it): completes with ECANCELED
+  kNotCanceled,  // already running; its real result will be delivered
+  kAllDone,      // already finished
+};
+
+struct ServiceOptions {
+  // Kernel queue depth (io_setup's nr_events), like the seed's "aio num events". More requests than
+  // this wait in kaio's queue; none fails for that reason.
+  int queue_depth = 128;
+  // The io context is released after this long with no request in flight, and re-created on demand.
+  absl::Duration idle_release = absl::Seconds(30);
+  // Most iocbs passed to one io_submit, and most events taken by one io_getevents.
+  int submit_batch = 64;
+  int reap_batch = 64;
+  // Most requests alive at once (submitted and not yet consumed). Slots are allocated in chunks of
+  // 1024 as needed, never per request; past this, submission answers RESOURCE_EXHAUSTED.
+  int max_requests = 1 << 20;
+  // Blocking workers for what kernel AIO would run synchronously (buffered misses, pipes, sockets).
+  // Started lazily; 0 means such requests block the submitter instead (not recommended).
+  int fallback_threads = 4;
+  // Names and CPUs (-1: no pinning) for the service's own threads.
+  std::string submitter_thread_name = "kaio-submit";
+  std::string reaper_thread_name = "kaio-reap";
+  int submitter_cpu = -1;
+  int reaper_cpu = -1;
+};
+
+struct ServiceStats {
+  uint64_t requests_accepted = 0;   // requests the service took from requesters
+  uint64_t requests_completed = 0;  // completions delivered to mailboxes (every kind)
+  uint64_t requests_cancelled = 0;  // completed with ECANCELED
+  uint64_t requests_failed = 0;     // completed with another errno
+  uint64_t in_flight = 0;           // accepted and not completed
+  uint64_t kernel_submitted = 0;    // iocbs the kernel accepted
+  uint64_t io_submit_calls = 0;
+  double average_batch = 0;         // kernel_submitted / io_submit_calls
+  uint64_t io_submit_eagain = 0;    // times io_submit said the kernel queue was full
+  uint64_t pool_requests = 0;       // requests run by the blocking fallback pool
+  uint64_t nowait_retries = 0;      // RWF_NOWAIT requests the kernel refused with EAGAIN
+  int64_t max_io_submit_ns = 0;     // the longest single io_submit call
+  uint64_t contexts_created = 0;
+  uint64_t contexts_released = 0;   // released after the idle time
+  uint64_t pool_threads = 0;        // fallback threads started so far
+};
+
+}  // namespace kaio
+
+#endif  // KAIO_API_TYPES_H_

@@ -1,0 +1,161 @@
+#include "core/mailbox.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace kaio::core {
+
+absl::StatusOr<std::unique_ptr<Mailbox>> Mailbox::Create(SlotTable& slots, Syscalls& sys) {
+  int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) return absl::ErrnoToStatus(errno, "kaio: eventfd for a requester's mailbox");
+  return std::unique_ptr<Mailbox>(new Mailbox(slots, sys, fd));
+}
+
+Mailbox::~Mailbox() { close(event_fd_); }
+
+void Mailbox::Deliver(uint32_t index) {
+  Slot& slot = slots_.at(index);
+  uint32_t head = shared_head_.load(std::memory_order_relaxed);
+  do {
+    slot.mailbox_next = head;
+    // seq_cst: releases mailbox_next and the result to the owner, and orders the push before the
+    // armed_ check below (see the header).
+  } while (!shared_head_.compare_exchange_weak(head, index + 1, std::memory_order_seq_cst,
+                                               std::memory_order_relaxed));
+  // After the push, so whoever sees `delivered` match `accepted` finds every slot in the stack;
+  // seq_cst, because an owner waiting for that match arms first and re-checks it.
+  delivered.fetch_add(1, std::memory_order_seq_cst);
+  if (armed_.load(std::memory_order_seq_cst) &&
+      armed_.exchange(false, std::memory_order_seq_cst)) {
+    // Only the producer that disarmed writes, so one wake-up per sleep, however many completions.
+    int rc = sys_.EventFdWrite(event_fd_, 1);
+    if (rc < 0 && rc != -EAGAIN) {
+      // An eventfd write fails only with a full counter (EAGAIN: already readable) or a bad fd,
+      // which would mean the mailbox was destroyed under us: a bug worth stopping for.
+      std::fprintf(stderr, "kaio: mailbox eventfd write failed: %d\n", rc);
+      std::abort();
+    }
+  }
+}
+
+void Mailbox::Drain() {
+  // acquire: see every pushed slot's mailbox_next and result.
+  uint32_t top = shared_head_.exchange(0, std::memory_order_acquire);
+  // Reverse the LIFO chain into delivery order.
+  uint32_t first = 0;
+  while (top != 0) {
+    Slot& slot = slots_.at(top - 1);
+    uint32_t next = slot.mailbox_next;
+    slot.mailbox_next = first;
+    first = top;
+    top = next;
+  }
+  while (first != 0) {
+    uint32_t index = first - 1;
+    Slot& slot = slots_.at(index);
+    first = slot.mailbox_next;
+    uint64_t word = slot.word.load(std::memory_order_acquire);
+    if (WordState(word) == SlotState::kReturned) {
+      slots_.Free(index, word);  // the owner already took the result
+      continue;
+    }
+    slot.local_prev = local_tail_;
+    slot.local_next = 0;
+    slot.in_local_list = true;
+    if (local_tail_ != 0) {
+      slots_.at(local_tail_ - 1).local_next = index + 1;
+    } else {
+      local_head_ = index + 1;
+    }
+    local_tail_ = index + 1;
+  }
+}
+
+void Mailbox::Unlink(uint32_t index) {
+  Slot& slot = slots_.at(index);
+  if (!slot.in_local_list) return;
+  if (slot.local_prev != 0) {
+    slots_.at(slot.local_prev - 1).local_next = slot.local_next;
+  } else {
+    local_head_ = slot.local_next;
+  }
+  if (slot.local_next != 0) {
+    slots_.at(slot.local_next - 1).local_prev = slot.local_prev;
+  } else {
+    local_tail_ = slot.local_prev;
+  }
+  slot.in_local_list = false;
+  slot.local_prev = slot.local_next = 0;
+}
+
+void Mailbox::ConsumeWakeToken() {
+  // A producer disarmed us, so it has written or is about to write the eventfd: wait for it, so a
+  // stale token cannot make a later sleep return early (or leave the notify fd readable).
+  while (true) {
+    uint64_t value;
+    int rc = sys_.EventFdRead(event_fd_, &value);
+    if (rc >= 0) return;
+    if (rc == -EAGAIN) {
+      struct pollfd pfd = {event_fd_, POLLIN, 0};
+      poll(&pfd, 1, -1);
+    } else if (rc != -EINTR) {
+      std::fprintf(stderr, "kaio: mailbox eventfd read failed: %d\n", rc);
+      std::abort();
+    }
+  }
+}
+
+void Mailbox::Arm() {
+  if (armed_by_owner_) {
+    // Still armed: nothing to do. Disarmed by a producer: take its token, then arm again.
+    if (armed_.load(std::memory_order_seq_cst)) return;
+    ConsumeWakeToken();
+  }
+  armed_.store(true, std::memory_order_seq_cst);  // seq_cst: before the caller's re-check
+  armed_by_owner_ = true;
+}
+
+void Mailbox::Disarm() {
+  if (!armed_by_owner_) return;
+  armed_by_owner_ = false;
+  if (!armed_.exchange(false, std::memory_order_seq_cst)) ConsumeWakeToken();
+}
+
+void Mailbox::SelfWake() {
+  if (armed_.load(std::memory_order_seq_cst) && armed_.exchange(false, std::memory_order_seq_cst)) {
+    sys_.EventFdWrite(event_fd_, 1);
+  }
+}
+
+void Mailbox::ResetForNewOwner() {
+  Disarm();
+  accepted.store(0, std::memory_order_relaxed);
+  delivered.store(0, std::memory_order_relaxed);
+  local_head_ = local_tail_ = 0;
+}
+
+bool Mailbox::Sleep(absl::Time deadline) {
+  struct pollfd pfd = {event_fd_, POLLIN, 0};
+  while (true) {
+    int timeout_ms = -1;
+    if (deadline != absl::InfiniteFuture()) {
+      absl::Duration left = deadline - absl::Now();
+      if (left <= absl::ZeroDuration()) return false;
+      timeout_ms = static_cast<int>(absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))));
+    }
+    int rc = poll(&pfd, 1, timeout_ms);
+    if (rc > 0) return true;
+    if (rc == 0 && deadline != absl::InfiniteFuture() && absl::Now() >= deadline) return false;
+    // EINTR or an early timeout: go round.
+  }
+}
+
+}  // namespace kaio::core

@@ -1,0 +1,38 @@
+// The thin seam between kaio and the kernel: every io_* call and eventfd access goes through Syscalls,
+// so tests can inject faults (EAGAIN from io_submit, EINTR from io_getevents, a failing io_setup...).
+//
+// Error model: every method returns a non-negative count or -errno; none of them touches errno.
+// Threading: the real implementation is stateless and thread-safe; a fault-injecting subclass must be too.
+#ifndef KAIO_CORE_SYSCALLS_H_
+#define KAIO_CORE_SYSCALLS_H_
+
+#include <libaio.h>
+#include <time.h>
+
+#include <cstdint>
+
+namespace kaio::core {
+
+class Syscalls {
+ public:
+  virtual ~Syscalls() = default;
+
+  virtual int IoSetup(int max_events, io_context_t* ctx);
+  virtual int IoDestroy(io_context_t ctx);
+  // Returns how many iocbs the kernel accepted (possibly fewer than nr), or -errno for the first one.
+  virtual int IoSubmit(io_context_t ctx, long nr, struct iocb** iocbs);
+  // io_getevents may return fewer than min_nr (folly learnt this the hard way): callers loop.
+  virtual int IoGetEvents(io_context_t ctx, long min_nr, long nr, struct io_event* events,
+                          struct timespec* timeout);
+  virtual int IoCancel(io_context_t ctx, struct iocb* iocb, struct io_event* result);
+  // eventfd counter access; returns 8 on success or -errno.
+  virtual int EventFdRead(int fd, uint64_t* value);
+  virtual int EventFdWrite(int fd, uint64_t value);
+
+  // The process-wide real implementation.
+  static Syscalls& Real();
+};
+
+}  // namespace kaio::core
+
+#endif  // KAIO_CORE_SYSCALLS_H_

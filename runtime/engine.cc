@@ -1,0 +1,673 @@
+#include "runtime/engine.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace kaio::runtime {
+namespace {
+
+using core::SlotState;
+using core::WordGeneration;
+using core::WordState;
+
+constexpr uint32_t kNoSlot = core::SlotTable::kNoSlot;
+
+int64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+// Reads the whole text of a small /proc file, or "?" when it cannot.
+std::string ReadProcValue(const char* path) {
+  FILE* f = std::fopen(path, "r");
+  if (f == nullptr) return "?";
+  char buf[64] = {0};
+  size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' ')) buf[--n] = '\0';
+  return buf;
+}
+
+// Kernel errors, classified in one place.
+enum class SubmitErrorClass {
+  kRetryLater,     // EAGAIN: the kernel's queue is full
+  kInterrupted,    // EINTR: just try again
+  kUnsupported,    // the fd cannot take RWF_NOWAIT or kernel AIO: run it in the pool
+  kFailRequest,    // EBADF, EINVAL, EFBIG...: this request fails, the batch goes on
+};
+
+SubmitErrorClass ClassifySubmitError(int negative_errno, bool nowait) {
+  switch (-negative_errno) {
+    case EAGAIN:
+      return SubmitErrorClass::kRetryLater;
+    case EINTR:
+      return SubmitErrorClass::kInterrupted;
+    case EOPNOTSUPP:
+      return nowait ? SubmitErrorClass::kUnsupported : SubmitErrorClass::kFailRequest;
+    default:
+      return SubmitErrorClass::kFailRequest;
+  }
+}
+
+bool IsReadOrWrite(short opcode) {
+  return opcode == IO_CMD_PREAD || opcode == IO_CMD_PWRITE || opcode == IO_CMD_PREADV ||
+         opcode == IO_CMD_PWRITEV;
+}
+
+absl::Status NameAndPin(std::thread& thread, const std::string& name, int cpu) {
+  std::string short_name = name.substr(0, 15);  // the kernel keeps 15 characters
+  pthread_setname_np(thread.native_handle(), short_name.c_str());
+  if (cpu < 0) return absl::OkStatus();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  int rc = pthread_setaffinity_np(thread.native_handle(), sizeof(set), &set);
+  if (rc != 0) return absl::ErrnoToStatus(rc, absl::StrCat("kaio: pinning thread ", name, " to CPU ", cpu));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ServiceOptions& options,
+                                                       core::Syscalls* syscalls) {
+  if (options.queue_depth < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("kaio: queue_depth must be at least 1, got ", options.queue_depth));
+  }
+  if (options.submit_batch < 1 || options.reap_batch < 1) {
+    return absl::InvalidArgumentError("kaio: submit_batch and reap_batch must be at least 1");
+  }
+  if (options.max_requests < 1) {
+    return absl::InvalidArgumentError("kaio: max_requests must be at least 1");
+  }
+  if (options.fallback_threads < 0) {
+    return absl::InvalidArgumentError("kaio: fallback_threads must not be negative");
+  }
+  if (options.idle_release < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("kaio: idle_release must not be negative");
+  }
+  int submit_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (submit_efd < 0) return absl::ErrnoToStatus(errno, "kaio: eventfd for the submitter");
+  // Blocking: the reaper sleeps in read() on it.
+  int kernel_efd = eventfd(0, EFD_CLOEXEC);
+  if (kernel_efd < 0) {
+    int err = errno;
+    close(submit_efd);
+    return absl::ErrnoToStatus(err, "kaio: eventfd for completions");
+  }
+  core::Syscalls& sys = syscalls != nullptr ? *syscalls : core::Syscalls::Real();
+  std::unique_ptr<Engine> engine(new Engine(options, sys, submit_efd, kernel_efd));
+  engine->submitter_ = std::thread([e = engine.get()] { e->SubmitterLoop(); });
+  engine->reaper_ = std::thread([e = engine.get()] { e->ReaperLoop(); });
+  absl::Status pinned = NameAndPin(engine->submitter_, options.submitter_thread_name, options.submitter_cpu);
+  if (pinned.ok()) pinned = NameAndPin(engine->reaper_, options.reaper_thread_name, options.reaper_cpu);
+  if (!pinned.ok()) return pinned;  // the destructor stops the threads
+  return engine;
+}
+
+Engine::Engine(const ServiceOptions& options, core::Syscalls& sys, int submit_efd, int kernel_efd)
+    : options_(options),
+      sys_(sys),
+      slots_(static_cast<uint32_t>(options.max_requests)),
+      submit_efd_(submit_efd),
+      kernel_efd_(kernel_efd),
+      reaper_token_(std::make_unique<ProducerToken>(queue_)),
+      submit_iocbs_(static_cast<size_t>(options.submit_batch)),
+      last_kernel_activity_(absl::Now()),
+      reap_events_(static_cast<size_t>(options.reap_batch)) {}
+
+Engine::~Engine() {
+  Shutdown();
+  exiting_.store(true, std::memory_order_seq_cst);
+  WakeSubmitter();
+  sys_.EventFdWrite(kernel_efd_, 1);
+  if (submitter_.joinable()) submitter_.join();
+  if (reaper_.joinable()) reaper_.join();
+  {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    pool_cv_.notify_all();
+  }
+  for (std::thread& t : pool_threads_) t.join();
+  if (uintptr_t ctx = context_.load(std::memory_order_acquire); ctx != 0) {
+    sys_.IoDestroy(reinterpret_cast<io_context_t>(ctx));
+  }
+  close(submit_efd_);
+  close(kernel_efd_);
+}
+
+// ---------------------------------------------------------------- producers
+
+uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
+  uint32_t index = slots_.Acquire();
+  if (index == kNoSlot) return kNoSlot;
+  core::Slot& slot = slots_.at(index);
+  // We own the slot exclusively (Acquire took it off the free stack); relaxed is enough until the
+  // release in Enqueue publishes it.
+  uint64_t word = slot.word.load(std::memory_order_relaxed);
+  slot.word.store(core::PackWord(WordGeneration(word), SlotState::kClaimed), std::memory_order_relaxed);
+  std::memset(&slot.cb, 0, sizeof(slot.cb));
+  slot.cb.data = reinterpret_cast<void*>(static_cast<uintptr_t>(index));
+  io_set_eventfd(&slot.cb, kernel_efd_);
+  slot.flags = 0;
+  slot.tag = tag;
+  slot.result.store(0, std::memory_order_relaxed);
+  slot.sink.store(&sink, std::memory_order_relaxed);
+  slot.mailbox_next = 0;
+  return index;
+}
+
+void Engine::Unclaim(uint32_t index) {
+  slots_.Free(index, slots_.at(index).word.load(std::memory_order_relaxed));
+}
+
+void Engine::Enqueue(ProducerToken& token, uint32_t index) {
+  core::Slot& slot = slots_.at(index);
+  uint64_t word = slot.word.load(std::memory_order_relaxed);
+  // release: the submitter (or a canceller) that acquires kQueued sees the filled iocb.
+  slot.word.store(core::PackWord(WordGeneration(word), SlotState::kQueued), std::memory_order_release);
+  if (!queue_.enqueue(token, index)) {
+    // moodycamel fails only when it cannot allocate a block: complete the request with ENOMEM
+    // rather than lose it.
+    Complete(index, SlotState::kQueued, -ENOMEM);
+    return;
+  }
+  // seq_cst: the add is ordered after the enqueue for the submitter's CAS (see work_seq_).
+  if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitter();
+}
+
+void Engine::WakeSubmitter() {
+  int rc = sys_.EventFdWrite(submit_efd_, 1);
+  (void)rc;  // EAGAIN means the counter is saturated, i.e. already readable.
+}
+
+// ---------------------------------------------------------------- completion
+
+bool Engine::Complete(uint32_t index, SlotState from, int64_t result) {
+  core::Slot& slot = slots_.at(index);
+  uint64_t word = slot.word.load(std::memory_order_relaxed);
+  if (WordState(word) != from) return false;
+  slot.result.store(result, std::memory_order_relaxed);
+  // seq_cst: publishes the result (release) and orders the state before the sink's wake-up check,
+  // so a WaitAll that re-checks states after arming cannot miss it.
+  if (!slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kCompleted),
+                                         std::memory_order_seq_cst, std::memory_order_relaxed)) {
+    return false;
+  }
+  counters_.completed.fetch_add(1, std::memory_order_relaxed);
+  if (result == -ECANCELED) {
+    counters_.cancelled.fetch_add(1, std::memory_order_relaxed);
+  } else if (result < 0) {
+    counters_.failed.fetch_add(1, std::memory_order_relaxed);
+  }
+  core::CompletionSink* sink = slot.sink.load(std::memory_order_relaxed);
+  sink->Deliver(index);  // the slot may be freed by its owner from here on: do not touch it
+  if (stopping_.load(std::memory_order_seq_cst)) {
+    std::lock_guard<std::mutex> lock(sinks_mu_);
+    drained_cv_.notify_all();
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- cancel
+
+absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation) {
+  if (!slots_.Contains(index)) return absl::InvalidArgumentError("kaio: unknown ticket (EINVAL)");
+  core::Slot& slot = slots_.at(index);
+  uint64_t word = slot.word.load(std::memory_order_acquire);
+  while (true) {
+    if (WordGeneration(word) != generation) {
+      return absl::InvalidArgumentError("kaio: stale or unknown ticket (EINVAL)");
+    }
+    switch (WordState(word)) {
+      case SlotState::kFree:
+      case SlotState::kClaimed:
+      case SlotState::kReturned:
+        return absl::InvalidArgumentError("kaio: stale or unknown ticket (EINVAL)");
+      case SlotState::kQueued:
+      case SlotState::kPoolQueued:
+        // Whoever holds it (submitter or pool) completes it with ECANCELED instead of running it.
+        // acq_rel: the holder's CAS out of kQueued fails and it sees our state.
+        if (slot.word.compare_exchange_weak(word, core::PackWord(generation, SlotState::kCancelledQueued),
+                                            std::memory_order_acq_rel, std::memory_order_acquire)) {
+          return CancelResult::kCanceled;
+        }
+        continue;  // word reloaded
+      case SlotState::kCancelledQueued:
+        return CancelResult::kCanceled;
+      case SlotState::kInKernel: {
+        uintptr_t ctx = context_.load(std::memory_order_acquire);
+        struct io_event event = {};
+        int rc = ctx == 0 ? -EINVAL : sys_.IoCancel(reinterpret_cast<io_context_t>(ctx), &slot.cb, &event);
+        if (rc == 0) {
+          // Old kernels hand the result back here instead of through the ring.
+          if (Complete(index, SlotState::kInKernel, static_cast<long>(event.res))) {
+            in_kernel_.fetch_sub(1, std::memory_order_seq_cst);
+          }
+          return CancelResult::kCanceled;
+        }
+        // -EINPROGRESS: the kernel will complete it (with -ECANCELED) through the ring.
+        if (rc == -EINPROGRESS) return CancelResult::kCanceled;
+        // Regular files: io_cancel says EINVAL; the request runs to its real result.
+        return CancelResult::kNotCanceled;
+      }
+      case SlotState::kPoolRunning:
+        return CancelResult::kNotCanceled;
+      case SlotState::kCompleted:
+        return CancelResult::kAllDone;
+    }
+    return absl::InternalError("kaio: slot in an impossible state");
+  }
+}
+
+// ---------------------------------------------------------------- sinks, shutdown, stats
+
+void Engine::RegisterSink(core::CompletionSink* sink) {
+  std::lock_guard<std::mutex> lock(sinks_mu_);
+  sinks_.push_back(sink);
+}
+
+void Engine::UnregisterSink(core::CompletionSink* sink) {
+  std::lock_guard<std::mutex> lock(sinks_mu_);
+  sinks_.erase(std::remove(sinks_.begin(), sinks_.end(), sink), sinks_.end());
+  counters_.accepted_by_gone_sinks.fetch_add(sink->accepted.load(std::memory_order_acquire),
+                                             std::memory_order_relaxed);
+}
+
+void Engine::Shutdown() {
+  stopping_.store(true, std::memory_order_seq_cst);
+  std::unique_lock<std::mutex> lock(sinks_mu_);
+  drained_cv_.wait(lock, [this] {
+    for (core::CompletionSink* sink : sinks_) {
+      // seq_cst: pairs with Complete()'s check of stopping_ (see there).
+      if (sink->delivered.load(std::memory_order_seq_cst) != sink->accepted.load(std::memory_order_seq_cst)) {
+        return false;
+      }
+    }
+    return true;
+  });
+}
+
+ServiceStats Engine::Stats() const {
+  ServiceStats s;
+  {
+    std::lock_guard<std::mutex> lock(sinks_mu_);
+    s.requests_accepted = counters_.accepted_by_gone_sinks.load(std::memory_order_relaxed);
+    for (core::CompletionSink* sink : sinks_) s.requests_accepted += sink->accepted.load(std::memory_order_relaxed);
+  }
+  s.requests_completed = counters_.completed.load(std::memory_order_relaxed);
+  s.requests_cancelled = counters_.cancelled.load(std::memory_order_relaxed);
+  s.requests_failed = counters_.failed.load(std::memory_order_relaxed);
+  s.in_flight = s.requests_accepted > s.requests_completed ? s.requests_accepted - s.requests_completed : 0;
+  s.kernel_submitted = counters_.kernel_submitted.load(std::memory_order_relaxed);
+  s.io_submit_calls = counters_.io_submit_calls.load(std::memory_order_relaxed);
+  s.average_batch = s.io_submit_calls == 0 ? 0.0 : static_cast<double>(s.kernel_submitted) / s.io_submit_calls;
+  s.io_submit_eagain = counters_.io_submit_eagain.load(std::memory_order_relaxed);
+  s.pool_requests = counters_.pool_requests.load(std::memory_order_relaxed);
+  s.nowait_retries = counters_.nowait_retries.load(std::memory_order_relaxed);
+  s.max_io_submit_ns = counters_.max_io_submit_ns.load(std::memory_order_relaxed);
+  s.contexts_created = counters_.contexts_created.load(std::memory_order_relaxed);
+  s.contexts_released = counters_.contexts_released.load(std::memory_order_relaxed);
+  s.pool_threads = counters_.pool_threads.load(std::memory_order_relaxed);
+  return s;
+}
+
+// ---------------------------------------------------------------- submitter
+
+void Engine::SubmitterLoop() {
+  std::vector<uint32_t> batch(static_cast<size_t>(options_.submit_batch));
+  moodycamel::ConsumerToken consumer(queue_);
+  while (true) {
+    // acquire: pairs with producers' adds, so the drain below sees what they enqueued before.
+    uint64_t seq = work_seq_.load(std::memory_order_acquire);
+    int64_t room = options_.queue_depth - in_kernel_.load(std::memory_order_acquire);
+    size_t want = static_cast<size_t>(std::clamp<int64_t>(room, 0, options_.submit_batch));
+    size_t count = want == 0 ? 0 : queue_.try_dequeue_bulk(consumer, batch.data(), want);
+    if (count > 0) {
+      SubmitBatch(batch.data(), count);
+      continue;
+    }
+    if (exiting_.load(std::memory_order_acquire)) break;
+    absl::Time now = absl::Now();
+    MaybeReleaseContext(now);
+    // Sleep, unless a producer added work since `seq` (then the CAS fails and we drain again).
+    if (!work_seq_.compare_exchange_strong(seq, seq | 1, std::memory_order_seq_cst)) continue;
+    if (want == 0 && in_kernel_.load(std::memory_order_seq_cst) < options_.queue_depth) {
+      work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);  // the reaper freed room meanwhile
+      continue;
+    }
+    absl::Time deadline = absl::InfiniteFuture();
+    if (context_.load(std::memory_order_relaxed) != 0) {
+      deadline = std::max(last_kernel_activity_ + options_.idle_release, now + absl::Milliseconds(1));
+    }
+    WaitForWork(deadline);
+    work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);
+  }
+}
+
+void Engine::WaitForWork(absl::Time deadline) {
+  struct pollfd pfd = {submit_efd_, POLLIN, 0};
+  int timeout_ms = -1;
+  if (deadline != absl::InfiniteFuture()) {
+    timeout_ms = static_cast<int>(std::max<int64_t>(
+        0, absl::ToInt64Milliseconds(absl::Ceil(deadline - absl::Now(), absl::Milliseconds(1)))));
+  }
+  if (poll(&pfd, 1, timeout_ms) > 0) {
+    uint64_t value;
+    sys_.EventFdRead(submit_efd_, &value);
+  }
+}
+
+bool Engine::EnsureContext() {
+  if (context_.load(std::memory_order_relaxed) != 0) return true;
+  io_context_t ctx = nullptr;
+  int rc = sys_.IoSetup(options_.queue_depth, &ctx);
+  if (rc < 0) {
+    if (rc == -EAGAIN) {
+      std::fprintf(stderr,
+                   "kaio: io_setup(%d) failed with EAGAIN: the system-wide AIO limit is exhausted "
+                   "(fs.aio-nr=%s, fs.aio-max-nr=%s). Raise it with `sysctl -w fs.aio-max-nr=N` or lower "
+                   "ServiceOptions::queue_depth. Requests run in the blocking pool meanwhile.\n",
+                   options_.queue_depth, ReadProcValue("/proc/sys/fs/aio-nr").c_str(),
+                   ReadProcValue("/proc/sys/fs/aio-max-nr").c_str());
+    } else {
+      std::fprintf(stderr, "kaio: io_setup(%d) failed: %s; requests run in the blocking pool.\n",
+                   options_.queue_depth, std::strerror(-rc));
+    }
+    return false;
+  }
+  // release: Cancel() acquires the context to call io_cancel on it.
+  context_.store(reinterpret_cast<uintptr_t>(ctx), std::memory_order_release);
+  counters_.contexts_created.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+void Engine::MaybeReleaseContext(absl::Time now) {
+  uintptr_t ctx = context_.load(std::memory_order_relaxed);
+  if (ctx == 0 || now - last_kernel_activity_ < options_.idle_release) return;
+  // Only the submitter adds to in_kernel_, so once it reads 0 here it stays 0. The reaper sets
+  // reaping_ before it reads in_kernel_ and calls io_getevents (which reads the ring in user space:
+  // a released context would be unmapped memory); seq_cst on both sides means one of us sees the
+  // other.
+  if (in_kernel_.load(std::memory_order_seq_cst) != 0 || reaping_.load(std::memory_order_seq_cst)) return;
+  context_.store(0, std::memory_order_release);
+  sys_.IoDestroy(reinterpret_cast<io_context_t>(ctx));
+  counters_.contexts_released.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Engine::SubmitBatch(uint32_t* batch, size_t count) {
+  struct iocb** cbs = submit_iocbs_.data();
+  size_t kernel_count = 0;
+  bool have_context = EnsureContext();
+  for (size_t i = 0; i < count; ++i) {
+    uint32_t index = batch[i];
+    core::Slot& slot = slots_.at(index);
+    // acquire: pairs with the producer's release into kQueued (or a canceller's CAS).
+    uint64_t word = slot.word.load(std::memory_order_acquire);
+    if (WordState(word) == SlotState::kCancelledQueued) {
+      Complete(index, SlotState::kCancelledQueued, -ECANCELED);
+      continue;
+    }
+    if (!have_context || (slot.flags & core::kSlotForcePool)) {
+      if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
+                                            std::memory_order_acq_rel, std::memory_order_acquire)) {
+        PoolPush(index);
+      } else {
+        Complete(index, SlotState::kCancelledQueued, -ECANCELED);
+      }
+      continue;
+    }
+    if (IsReadOrWrite(slot.cb.aio_lio_opcode) && !(slot.flags & core::kSlotForceKernel) &&
+        options_.fallback_threads > 0) {
+      // Ask the kernel to refuse (EAGAIN) rather than block us; refusals go to the pool.
+      slot.cb.aio_rw_flags |= RWF_NOWAIT;
+      slot.flags |= core::kSlotNowait;
+    }
+    if (!slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kInKernel),
+                                           std::memory_order_acq_rel, std::memory_order_acquire)) {
+      Complete(index, SlotState::kCancelledQueued, -ECANCELED);  // cancelled just now
+      continue;
+    }
+    cbs[kernel_count++] = &slot.cb;
+  }
+  if (kernel_count == 0) return;
+  io_context_t ctx = reinterpret_cast<io_context_t>(context_.load(std::memory_order_relaxed));
+  // Counted before io_submit: a completion can be reaped before io_submit returns.
+  in_kernel_.fetch_add(static_cast<int64_t>(kernel_count), std::memory_order_seq_cst);
+  last_kernel_activity_ = absl::Now();
+  size_t done = 0;
+  int eagain_streak = 0;
+  while (done < kernel_count) {
+    int64_t start = NowNs();
+    int rc = sys_.IoSubmit(ctx, static_cast<long>(kernel_count - done), cbs + done);
+    int64_t took = NowNs() - start;
+    counters_.io_submit_calls.fetch_add(1, std::memory_order_relaxed);
+    if (took > counters_.max_io_submit_ns.load(std::memory_order_relaxed)) {
+      counters_.max_io_submit_ns.store(took, std::memory_order_relaxed);  // single writer
+    }
+    if (rc > 0) {
+      counters_.kernel_submitted.fetch_add(static_cast<uint64_t>(rc), std::memory_order_relaxed);
+      done += static_cast<size_t>(rc);
+      eagain_streak = 0;
+      continue;
+    }
+    struct iocb* first = cbs[done];
+    uint32_t index = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(first->data));
+    core::Slot& slot = slots_.at(index);
+    switch (ClassifySubmitError(rc == 0 ? -EAGAIN : rc, slot.flags & core::kSlotNowait)) {
+      case SubmitErrorClass::kInterrupted:
+        continue;
+      case SubmitErrorClass::kRetryLater: {
+        counters_.io_submit_eagain.fetch_add(1, std::memory_order_relaxed);
+        // The kernel's ring is full (other users of this context's share of aio-nr, or a fault).
+        // Wait for the reaper to make room; if nothing of ours is in flight, the refusal is not
+        // about our own queue, so after a while the rest goes to the blocking pool.
+        int64_t ours_in_kernel = in_kernel_.load(std::memory_order_acquire) - static_cast<int64_t>(kernel_count - done);
+        if (ours_in_kernel <= 0 && ++eagain_streak > 100) {
+          for (size_t i = done; i < kernel_count; ++i) {
+            uint32_t rest = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(cbs[i]->data));
+            core::Slot& s = slots_.at(rest);
+            uint64_t w = s.word.load(std::memory_order_acquire);
+            if (options_.fallback_threads > 0 &&
+                s.word.compare_exchange_strong(w, core::PackWord(WordGeneration(w), SlotState::kPoolQueued),
+                                               std::memory_order_acq_rel)) {
+              PoolPush(rest);
+            } else {
+              Complete(rest, SlotState::kInKernel, -EAGAIN);
+            }
+          }
+          in_kernel_.fetch_sub(static_cast<int64_t>(kernel_count - done), std::memory_order_seq_cst);
+          return;
+        }
+        uint64_t seq = work_seq_.load(std::memory_order_acquire);
+        if (work_seq_.compare_exchange_strong(seq, seq | 1, std::memory_order_seq_cst)) {
+          WaitForWork(absl::Now() + absl::Milliseconds(1));
+          work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);
+        }
+        continue;
+      }
+      case SubmitErrorClass::kUnsupported: {
+        // This fd cannot promise not to block: run it in the pool.
+        uint64_t w = slot.word.load(std::memory_order_acquire);
+        if (slot.word.compare_exchange_strong(w, core::PackWord(WordGeneration(w), SlotState::kPoolQueued),
+                                              std::memory_order_acq_rel)) {
+          PoolPush(index);
+        }
+        break;
+      }
+      case SubmitErrorClass::kFailRequest:
+        Complete(index, SlotState::kInKernel, rc);
+        break;
+    }
+    in_kernel_.fetch_sub(1, std::memory_order_seq_cst);
+    ++done;
+  }
+}
+
+// ---------------------------------------------------------------- reaper
+
+void Engine::ReaperLoop() {
+  while (true) {
+    uint64_t value;
+    int rc = sys_.EventFdRead(kernel_efd_, &value);
+    if (rc < 0 && rc != -EINTR) {
+      // A failing eventfd read (seen only under fault injection) must not stop reaping: wait a
+      // little on the fd and look at the ring anyway.
+      struct pollfd pfd = {kernel_efd_, POLLIN, 0};
+      poll(&pfd, 1, 10);
+    }
+    ReapAvailable();
+    if (exiting_.load(std::memory_order_acquire) && in_kernel_.load(std::memory_order_acquire) == 0) break;
+  }
+}
+
+void Engine::ReapAvailable() {
+  std::vector<struct io_event>& events = reap_events_;
+  while (true) {
+    reaping_.store(true, std::memory_order_seq_cst);
+    if (in_kernel_.load(std::memory_order_seq_cst) == 0) break;
+    io_context_t ctx = reinterpret_cast<io_context_t>(context_.load(std::memory_order_acquire));
+    struct timespec zero = {0, 0};
+    int got = sys_.IoGetEvents(ctx, 0, options_.reap_batch, events.data(), &zero);
+    if (got == -EINTR) continue;
+    if (got <= 0) {
+      if (got < 0) std::fprintf(stderr, "kaio: io_getevents failed: %s\n", std::strerror(-got));
+      break;
+    }
+    for (int i = 0; i < got; ++i) {
+      uint32_t index = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(events[i].data));
+      // Errors are a negative res (res2 is 0); the seed read res2, which is wrong.
+      RouteKernelResult(index, static_cast<long>(events[i].res));
+    }
+    in_kernel_.fetch_sub(got, std::memory_order_seq_cst);
+    // The submitter may sleep waiting for room (bit 0): wake it.
+    if (work_seq_.load(std::memory_order_seq_cst) & 1) {
+      if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitter();
+    }
+    if (got < options_.reap_batch) break;
+  }
+  reaping_.store(false, std::memory_order_seq_cst);
+}
+
+void Engine::RouteKernelResult(uint32_t index, int64_t result) {
+  core::Slot& slot = slots_.at(index);
+  if ((slot.flags & core::kSlotNowait) && (result == -EAGAIN || result == -EOPNOTSUPP)) {
+    // The kernel would have blocked: the request is not done, it needs a thread that may block.
+    counters_.nowait_retries.fetch_add(1, std::memory_order_relaxed);
+    slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
+    slot.flags &= ~core::kSlotNowait;
+    uint64_t word = slot.word.load(std::memory_order_acquire);
+    int fl = fcntl(slot.cb.aio_fildes, F_GETFL);
+    if (result == -EAGAIN && fl >= 0 && (fl & O_DIRECT)) {
+      // O_DIRECT refused for a moment (device queue full): back to the kernel, without NOWAIT.
+      slot.flags |= core::kSlotForceKernel;
+      if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kQueued),
+                                            std::memory_order_acq_rel)) {
+        queue_.enqueue(*reaper_token_, index);
+        if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitter();
+      }
+      return;
+    }
+    if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
+                                          std::memory_order_acq_rel)) {
+      PoolPush(index);
+    }
+    return;
+  }
+  Complete(index, SlotState::kInKernel, result);
+}
+
+// ---------------------------------------------------------------- fallback pool
+
+void Engine::PoolPush(uint32_t index) {
+  counters_.pool_requests.fetch_add(1, std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(pool_mu_);
+  pool_queue_.push_back(index);
+  if (pool_idle_ == 0 && static_cast<int>(pool_threads_.size()) < std::max(1, options_.fallback_threads)) {
+    pool_threads_.emplace_back([this] { PoolLoop(); });
+    std::string name = absl::StrCat("kaio-pool-", pool_threads_.size() - 1);
+    pthread_setname_np(pool_threads_.back().native_handle(), name.substr(0, 15).c_str());
+    counters_.pool_threads.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    pool_cv_.notify_one();
+  }
+}
+
+void Engine::PoolLoop() {
+  std::unique_lock<std::mutex> lock(pool_mu_);
+  while (true) {
+    if (pool_queue_.empty()) {
+      if (exiting_.load(std::memory_order_acquire)) return;
+      ++pool_idle_;
+      pool_cv_.wait(lock, [this] { return !pool_queue_.empty() || exiting_.load(std::memory_order_acquire); });
+      --pool_idle_;
+      continue;
+    }
+    uint32_t index = pool_queue_.front();
+    pool_queue_.pop_front();
+    lock.unlock();
+    core::Slot& slot = slots_.at(index);
+    uint64_t word = slot.word.load(std::memory_order_acquire);
+    if (WordState(word) == SlotState::kPoolQueued &&
+        slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolRunning),
+                                          std::memory_order_acq_rel)) {
+      Complete(index, SlotState::kPoolRunning, RunBlocking(slot.cb));
+    } else {
+      Complete(index, SlotState::kCancelledQueued, -ECANCELED);
+    }
+    lock.lock();
+  }
+}
+
+int64_t Engine::RunBlocking(const struct iocb& cb) {
+  const int fd = cb.aio_fildes;
+  void* buf = cb.u.c.buf;
+  const long long offset = cb.u.c.offset;
+  const auto* iov = static_cast<const struct iovec*>(buf);
+  const int iovcnt = static_cast<int>(cb.u.c.nbytes);
+  ssize_t n = -1;
+  while (true) {
+    switch (cb.aio_lio_opcode) {
+      case IO_CMD_PREAD:
+        n = pread(fd, buf, cb.u.c.nbytes, offset);
+        if (n < 0 && errno == ESPIPE) n = read(fd, buf, cb.u.c.nbytes);  // pipes, sockets
+        break;
+      case IO_CMD_PWRITE:
+        n = pwrite(fd, buf, cb.u.c.nbytes, offset);
+        if (n < 0 && errno == ESPIPE) n = write(fd, buf, cb.u.c.nbytes);
+        break;
+      case IO_CMD_PREADV:
+        n = preadv(fd, iov, iovcnt, offset);
+        if (n < 0 && errno == ESPIPE) n = readv(fd, iov, iovcnt);
+        break;
+      case IO_CMD_PWRITEV:
+        n = pwritev(fd, iov, iovcnt, offset);
+        if (n < 0 && errno == ESPIPE) n = writev(fd, iov, iovcnt);
+        break;
+      case IO_CMD_FSYNC:
+        n = fsync(fd);
+        break;
+      case IO_CMD_FDSYNC:
+        n = fdatasync(fd);
+        break;
+      default:
+        return -EINVAL;
+    }
+    if (n >= 0) return n;
+    if (errno != EINTR) return -errno;
+  }
+}
+
+}  // namespace kaio::runtime

@@ -1,0 +1,157 @@
+// Engine: the threads behind a kaio Service.
+//
+//  producers --enqueue--> moodycamel queue --bulk drain--> submitter --io_submit--> kernel AIO
+//                                                              |                       |
+//                                                   fallback pool (blocking)     eventfd -> reaper
+//                                                              |                       |
+//                                                              +----> Complete() <-----+--> sink
+//
+// Threading: Enqueue/Cancel/Stats may be called from any thread. Producers never lock and make no
+// syscall unless the submitter sleeps. The submitter alone submits and owns the io context's
+// life; the reaper alone calls io_getevents. Complete() is the single place a request reaches
+// kCompleted (one CAS, so exactly once), from whichever thread finished it.
+//
+// Lifetime: every sink registered must be unregistered, with nothing outstanding, before the engine
+// is destroyed; the destructor stops and joins the threads and releases the io context.
+#ifndef KAIO_RUNTIME_ENGINE_H_
+#define KAIO_RUNTIME_ENGINE_H_
+
+#include <libaio.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <concurrentqueue/concurrentqueue.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/slot.h"
+#include "core/syscalls.h"
+#include "kaio/types.h"
+
+namespace kaio::runtime {
+
+class Engine {
+ public:
+  using ProducerToken = moodycamel::ProducerToken;
+
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const ServiceOptions& options,
+                                                        core::Syscalls* syscalls = nullptr);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  core::SlotTable& slots() { return slots_; }
+  core::Syscalls& syscalls() { return sys_; }
+  const ServiceOptions& options() const { return options_; }
+
+  // A token for one producer thread (a requester); allocates once.
+  std::unique_ptr<ProducerToken> NewProducerToken() {
+    return std::make_unique<ProducerToken>(queue_);
+  }
+
+  // Claims a slot for `sink`, in state kClaimed, with its iocb zeroed and routed to the reaper's
+  // eventfd. Returns SlotTable::kNoSlot when max_requests are alive.
+  uint32_t Claim(core::CompletionSink& sink, uint64_t tag);
+  // Gives a claimed slot back unsubmitted.
+  void Unclaim(uint32_t index);
+  // Queues a claimed, filled slot for submission. The caller counted it in sink.accepted already.
+  void Enqueue(ProducerToken& token, uint32_t index);
+
+  // Cancels a request given its ticket generation; InvalidArgument for a stale ticket.
+  absl::StatusOr<CancelResult> Cancel(uint32_t index, uint32_t generation);
+
+  // Stops accepting requests (producers check accepting() first) and waits until every
+  // registered sink has received every request it was accepted for.
+  void Shutdown();
+  bool accepting() const { return !stopping_.load(std::memory_order_relaxed); }
+
+  void RegisterSink(core::CompletionSink* sink);
+  void UnregisterSink(core::CompletionSink* sink);
+
+  ServiceStats Stats() const;
+
+ private:
+  Engine(const ServiceOptions& options, core::Syscalls& sys, int submit_efd, int kernel_efd);
+
+  // Moves a request from `from` to kCompleted with `result` and delivers it. False if it was not in
+  // `from` (another thread got there first).
+  bool Complete(uint32_t index, core::SlotState from, int64_t result);
+
+  void SubmitterLoop();
+  void SubmitBatch(uint32_t* batch, size_t count);
+  bool EnsureContext();
+  void MaybeReleaseContext(absl::Time now);
+  void WaitForWork(absl::Time deadline);
+  void WakeSubmitter();
+
+  void ReaperLoop();
+  void ReapAvailable();
+  void RouteKernelResult(uint32_t index, int64_t result);
+
+  void PoolPush(uint32_t index);
+  void PoolLoop();
+  static int64_t RunBlocking(const struct iocb& cb);
+
+  const ServiceOptions options_;
+  core::Syscalls& sys_;
+  core::SlotTable slots_;
+  const int submit_efd_;  // wakes the submitter
+  const int kernel_efd_;  // the kernel signals completions here; also wakes the reaper to stop
+
+  moodycamel::ConcurrentQueue<uint32_t> queue_;
+  // Producers add 2 after each enqueue; bit 0 is set while the submitter sleeps. A producer whose
+  // add saw bit 0 wakes it. The submitter sets the bit only with a CAS from the value it read before
+  // its last empty drain, so no enqueue can slip between its check and its sleep.
+  alignas(64) std::atomic<uint64_t> work_seq_{0};
+
+  alignas(64) std::atomic<int64_t> in_kernel_{0};  // iocbs io_submit took and the reaper has not seen
+  std::atomic<bool> reaping_{false};   // the reaper may be inside io_getevents
+  std::atomic<uintptr_t> context_{0};  // io_context_t; created and released by the submitter
+
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> exiting_{false};
+
+  std::unique_ptr<ProducerToken> reaper_token_;  // the reaper re-queues NOWAIT refusals with it
+  // Submitter-private.
+  std::vector<struct iocb*> submit_iocbs_;
+  absl::Time last_kernel_activity_;
+  // Reaper-private.
+  std::vector<struct io_event> reap_events_;
+
+  // Fallback pool (the slow path: a mutex here costs nothing next to the blocking call it guards).
+  std::mutex pool_mu_;
+  std::condition_variable pool_cv_;
+  std::deque<uint32_t> pool_queue_;
+  std::vector<std::thread> pool_threads_;
+  int pool_idle_ = 0;
+
+  // Sinks, for Shutdown() and Stats().
+  mutable std::mutex sinks_mu_;
+  std::condition_variable drained_cv_;
+  std::vector<core::CompletionSink*> sinks_;
+
+  // Counters (relaxed: they are statistics, read without ordering).
+  struct alignas(64) Counters {
+    std::atomic<uint64_t> completed{0}, cancelled{0}, failed{0};
+    std::atomic<uint64_t> kernel_submitted{0}, io_submit_calls{0}, io_submit_eagain{0};
+    std::atomic<uint64_t> pool_requests{0}, nowait_retries{0};
+    std::atomic<int64_t> max_io_submit_ns{0};
+    std::atomic<uint64_t> contexts_created{0}, contexts_released{0}, pool_threads{0};
+    std::atomic<uint64_t> accepted_by_gone_sinks{0};
+  } counters_;
+
+  std::thread submitter_;
+  std::thread reaper_;
+};
+
+}  // namespace kaio::runtime
+
+#endif  // KAIO_RUNTIME_ENGINE_H_
