@@ -1,6 +1,7 @@
 #include "kaio/service.h"
 
 #include "core/mailbox.h"
+#include "core/syscalls.h"
 #include "runtime/engine.h"
 
 namespace kaio {
@@ -37,7 +38,7 @@ absl::StatusOr<core::Mailbox*> Service::TakeMailbox() {
     return mailbox;
   }
   absl::StatusOr<std::unique_ptr<core::Mailbox>> mailbox =
-      core::Mailbox::Create(engine_->slots(), engine_->syscalls());
+      core::Mailbox::Create(engine_->slots(), core::Syscalls::Real());  // wake-ups: not a fault-injection target
   if (!mailbox.ok()) return mailbox.status();
   mailboxes_.push_back(*std::move(mailbox));
   return mailboxes_.back().get();
