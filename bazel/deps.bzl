@@ -88,7 +88,7 @@ def kaio_deps(third_party_dir = "/opt/kaio-deps"):
     _maybe(
         native.new_local_repository,
         "moodycamel_concurrentqueue",
-        path = "/usr/include/concurrentqueue",
+        path = "/usr/include",
         build_file = "@kaio//third_party:concurrentqueue.BUILD",
     )
     _maybe(

@@ -563,12 +563,14 @@ void Engine::ReapAvailable() {
 
 void Engine::RouteKernelResult(uint32_t index, int64_t result) {
   core::Slot& slot = slots_.at(index);
+  // acquire: the kernel hand-off is invisible to TSan and to the memory model; this pairs with the
+  // submitter's release into kInKernel, so the iocb and flags it wrote are visible here.
+  uint64_t word = slot.word.load(std::memory_order_acquire);
   if ((slot.flags & core::kSlotNowait) && (result == -EAGAIN || result == -EOPNOTSUPP)) {
     // The kernel would have blocked: the request is not done, it needs a thread that may block.
     counters_.nowait_retries.fetch_add(1, std::memory_order_relaxed);
     slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
     slot.flags &= ~core::kSlotNowait;
-    uint64_t word = slot.word.load(std::memory_order_acquire);
     int fl = fcntl(slot.cb.aio_fildes, F_GETFL);
     if (result == -EAGAIN && fl >= 0 && (fl & O_DIRECT)) {
       // O_DIRECT refused for a moment (device queue full): back to the kernel, without NOWAIT.
