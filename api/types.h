@@ -81,6 +81,7 @@ struct ServiceStats {
   uint64_t contexts_created = 0;
   uint64_t contexts_released = 0;   // released after the idle time
   uint64_t pool_threads = 0;        // fallback threads started so far
+  uint64_t queue_block_allocations = 0;  // memory blocks the request queues allocated (process-wide)
 };
 
 }  // namespace kaio

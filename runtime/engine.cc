@@ -17,6 +17,9 @@
 #include "absl/strings/str_cat.h"
 
 namespace kaio::runtime {
+
+std::atomic<uint64_t> QueueTraits::allocations{0};
+
 namespace {
 
 using core::SlotState;
@@ -321,6 +324,7 @@ ServiceStats Engine::Stats() const {
   s.contexts_created = counters_.contexts_created.load(std::memory_order_relaxed);
   s.contexts_released = counters_.contexts_released.load(std::memory_order_relaxed);
   s.pool_threads = counters_.pool_threads.load(std::memory_order_relaxed);
+  s.queue_block_allocations = QueueTraits::allocations.load(std::memory_order_relaxed);
   return s;
 }
 

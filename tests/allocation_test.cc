@@ -1,0 +1,64 @@
+// Steady state allocates nothing per request: every operator new in the process is counted, and so
+// are the request queue's own blocks (it allocates through malloc, via QueueTraits).
+#include <fcntl.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kaio/requester.h"
+#include "kaio/service.h"
+#include "tests/test_util.h"
+
+namespace {
+std::atomic<uint64_t> g_news{0};
+}  // namespace
+
+void* operator new(size_t size) {
+  g_news.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](size_t size) { return operator new(size); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete[](void* p, size_t) noexcept { std::free(p); }
+
+namespace kaio {
+namespace {
+
+TEST(Allocation, SteadyStateAllocatesNothingPerRequest) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto requester = Requester::Create(**service);
+  ASSERT_TRUE(requester.ok());
+  constexpr int kDepth = 16;
+  testing::TempFile file(64 * 4096, O_DIRECT);
+  testing::AlignedBuffer buf(kDepth * 4096);
+  std::vector<Completion> done(kDepth);
+  auto round = [&](int r) {
+    for (int i = 0; i < kDepth; ++i) {
+      auto t = (*requester)->Read(file.fd(), buf.data() + i * 4096, 4096, ((r + i) % 64) * 4096);
+      ASSERT_TRUE(t.ok());
+    }
+    size_t got = (*requester)->Wait(absl::MakeSpan(done), kDepth, absl::Seconds(30));
+    ASSERT_EQ(got, static_cast<size_t>(kDepth));
+    for (const Completion& c : done) ASSERT_EQ(c.result, 4096);
+  };
+  for (int r = 0; r < 500; ++r) round(r);  // warm up: slots, queue blocks, io context
+  uint64_t news_before = g_news.load();
+  uint64_t blocks_before = (*service)->Stats().queue_block_allocations;
+  constexpr int kRounds = 2000;
+  for (int r = 0; r < kRounds; ++r) round(r);
+  uint64_t news = g_news.load() - news_before;
+  uint64_t blocks = (*service)->Stats().queue_block_allocations - blocks_before;
+  EXPECT_EQ(news, 0u) << "operator new calls during " << kRounds * kDepth << " requests";
+  EXPECT_EQ(blocks, 0u) << "queue blocks allocated during " << kRounds * kDepth << " requests";
+  EXPECT_EQ((*service)->Stats().pool_requests, 0u);
+}
+
+}  // namespace
+}  // namespace kaio

@@ -1,0 +1,231 @@
+// Never block the submitter: what kernel AIO would run synchronously (pipes, sockets, buffered
+// cache misses) goes to the bounded fallback pool, with the same semantics.
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kaio/requester.h"
+#include "kaio/service.h"
+#include "tests/test_util.h"
+
+namespace kaio {
+namespace {
+
+using ::kaio::testing::AlignedBuffer;
+using ::kaio::testing::TempFile;
+
+constexpr size_t kBlock = 4096;
+
+struct Pipe {
+  Pipe() {
+    if (pipe(fds) != 0) abort();
+  }
+  ~Pipe() {
+    CloseRead();
+    CloseWrite();
+  }
+  void CloseRead() {
+    if (fds[0] >= 0) close(fds[0]);
+    fds[0] = -1;
+  }
+  void CloseWrite() {
+    if (fds[1] >= 0) close(fds[1]);
+    fds[1] = -1;
+  }
+  int fds[2];
+};
+
+TEST(Fallback, EmptyPipeReadDoesNotHoldUpODirectReads) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto pipe_requester = Requester::Create(**service);
+  ASSERT_TRUE(pipe_requester.ok());
+  Pipe p;
+  char pbuf[32] = {};
+  auto pending = (*pipe_requester)->Read(p.fds[0], pbuf, sizeof(pbuf), 0);
+  ASSERT_TRUE(pending.ok());
+
+  TempFile file(256 * kBlock, O_DIRECT);
+  constexpr int kThreads = 2, kPerThread = 500;
+  std::atomic<int> good{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      auto requester = Requester::Create(**service);
+      ASSERT_TRUE(requester.ok());
+      AlignedBuffer buf(32 * kBlock);
+      std::vector<Completion> done(32);
+      for (int i = 0; i < kPerThread; i += 32) {
+        int n = std::min(32, kPerThread - i);
+        for (int k = 0; k < n; ++k) {
+          ASSERT_TRUE((*requester)->Read(file.fd(), buf.data() + k * kBlock, kBlock, ((i + k + t) % 256) * kBlock).ok());
+        }
+        size_t got = (*requester)->Wait(absl::MakeSpan(done), n, absl::Seconds(30));
+        ASSERT_EQ(got, static_cast<size_t>(n));
+        for (size_t k = 0; k < got; ++k) {
+          if (done[k].result == static_cast<int64_t>(kBlock)) good++;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(good.load(), kThreads * kPerThread);
+  // The pipe read is still pending, in the pool, not in the submitter.
+  EXPECT_EQ((*pipe_requester)->Error(*pending), EINPROGRESS);
+  EXPECT_GE((*service)->Stats().pool_requests, 1u);
+
+  ASSERT_EQ(write(p.fds[1], "fallback!", 9), 9);
+  ASSERT_TRUE((*pipe_requester)->WaitAll({*pending}, absl::Seconds(20)).ok());
+  EXPECT_EQ((*pipe_requester)->Return(*pending), 9);
+  EXPECT_EQ(std::string(pbuf, 9), "fallback!");
+}
+
+TEST(Fallback, ColdBufferedFileGivesTheSameBytesAsPreadAndPwrite) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto requester = Requester::Create(**service);
+  ASSERT_TRUE(requester.ok());
+  TempFile file(64 * kBlock);
+  // Evict the file from the page cache, so kernel AIO would have to block on the disk.
+  ASSERT_EQ(fdatasync(file.fd()), 0);
+  ASSERT_EQ(posix_fadvise(file.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
+  std::vector<char> got(10000), want(10000);
+  auto t = (*requester)->Read(file.fd(), got.data(), got.size(), 12345);
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE((*requester)->WaitAll({*t}, absl::Seconds(20)).ok());
+  EXPECT_EQ((*requester)->Return(*t), 10000);
+  ASSERT_EQ(pread(file.fd(), want.data(), want.size(), 12345), 10000);
+  EXPECT_EQ(got, want);
+
+  std::vector<char> out(7000);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<char>(i * 31);
+  auto w = (*requester)->Write(file.fd(), out.data(), out.size(), 3 * kBlock + 17);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE((*requester)->WaitAll({*w}, absl::Seconds(20)).ok());
+  EXPECT_EQ((*requester)->Return(*w), 7000);
+  std::vector<char> back(7000);
+  ASSERT_EQ(pread(file.fd(), back.data(), back.size(), 3 * kBlock + 17), 7000);
+  EXPECT_EQ(back, out);
+}
+
+TEST(Fallback, SocketPairWorksInBothDirections) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto requester = Requester::Create(**service);
+  ASSERT_TRUE(requester.ok());
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  char in0[16] = {}, in1[16] = {};
+  // Reads first (they wait in the pool), then writes.
+  auto r1 = (*requester)->Read(sv[1], in1, 5, 0);
+  auto r0 = (*requester)->Read(sv[0], in0, 5, 0);
+  auto w0 = (*requester)->Write(sv[0], "ping!", 5, 0);
+  auto w1 = (*requester)->Write(sv[1], "pong!", 5, 0);
+  ASSERT_TRUE(r0.ok() && r1.ok() && w0.ok() && w1.ok());
+  ASSERT_TRUE((*requester)->WaitAll({*r0, *r1, *w0, *w1}, absl::Seconds(20)).ok());
+  EXPECT_EQ((*requester)->Return(*w0), 5);
+  EXPECT_EQ((*requester)->Return(*w1), 5);
+  EXPECT_EQ((*requester)->Return(*r0), 5);
+  EXPECT_EQ((*requester)->Return(*r1), 5);
+  EXPECT_EQ(std::string(in1, 5), "ping!");
+  EXPECT_EQ(std::string(in0, 5), "pong!");
+  close(sv[0]);
+  close(sv[1]);
+}
+
+TEST(Fallback, PoolStaysWithinItsBoundAndCancelsQueuedWork) {
+  ServiceOptions options;
+  options.fallback_threads = 2;
+  auto service = Service::Create(options);
+  ASSERT_TRUE(service.ok());
+  auto requester = Requester::Create(**service);
+  ASSERT_TRUE(requester.ok());
+  constexpr int kPipes = 6;
+  Pipe pipes[kPipes];
+  char buf[kPipes][8];
+  std::vector<Ticket> tickets;
+  for (int i = 0; i < kPipes; ++i) {
+    auto t = (*requester)->Read(pipes[i].fds[0], buf[i], 1, 0);
+    ASSERT_TRUE(t.ok());
+    tickets.push_back(*t);
+  }
+  ASSERT_TRUE(testing::WaitUntil([&] { return (*service)->Stats().pool_requests == kPipes; }));
+  EXPECT_LE((*service)->Stats().pool_threads, 2u);
+  // Two are running (blocked in read), four wait for a worker: those can really be cancelled.
+  int cancelled = 0, running = 0;
+  for (Ticket t : tickets) {
+    auto r = (*requester)->Cancel(t);
+    ASSERT_TRUE(r.ok());
+    if (*r == CancelResult::kCanceled) ++cancelled;
+    if (*r == CancelResult::kNotCanceled) ++running;
+  }
+  EXPECT_EQ(running, 2);
+  EXPECT_EQ(cancelled, kPipes - 2);
+  for (int i = 0; i < kPipes; ++i) ASSERT_EQ(write(pipes[i].fds[1], "z", 1), 1);
+  ASSERT_TRUE((*requester)->WaitAll(tickets, absl::Seconds(20)).ok());
+  int delivered = 0, ecanceled = 0;
+  for (Ticket t : tickets) {
+    int64_t r = (*requester)->Return(t);
+    if (r == 1) ++delivered;
+    if (r == -ECANCELED) ++ecanceled;
+  }
+  EXPECT_EQ(delivered, 2);
+  EXPECT_EQ(ecanceled, kPipes - 2);
+  EXPECT_LE((*service)->Stats().pool_threads, 2u);
+}
+
+TEST(Fallback, ShutdownWaitsForAPoolRequestBlockedOnAPipe) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto requester = Requester::Create(**service);
+  ASSERT_TRUE(requester.ok());
+  Pipe p;
+  char buf[8];
+  auto t = (*requester)->Read(p.fds[0], buf, sizeof(buf), 0);
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE(testing::WaitUntil([&] { return (*service)->Stats().pool_requests == 1; }));
+  std::atomic<bool> shut{false};
+  std::thread shutter([&] {
+    (*service)->Shutdown();
+    shut = true;
+  });
+  EXPECT_FALSE(shut.load());
+  EXPECT_EQ((*requester)->Error(*t), EINPROGRESS);
+  p.CloseWrite();  // EOF: the blocked read returns 0
+  shutter.join();
+  EXPECT_TRUE(shut.load());
+  EXPECT_EQ((*requester)->Error(*t), 0);
+  EXPECT_EQ((*requester)->Return(*t), 0);
+  EXPECT_EQ((*service)->Stats().in_flight, 0u);
+}
+
+TEST(Fallback, StatsSplitKernelAndPoolWork) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto requester = Requester::Create(**service);
+  ASSERT_TRUE(requester.ok());
+  TempFile file(4 * kBlock, O_DIRECT);
+  AlignedBuffer buf(kBlock);
+  auto direct = (*requester)->Read(file.fd(), buf.data(), kBlock, 0);
+  Pipe p;
+  ASSERT_EQ(write(p.fds[1], "abc", 3), 3);
+  char pbuf[3];
+  auto piped = (*requester)->Read(p.fds[0], pbuf, 3, 0);
+  ASSERT_TRUE(direct.ok() && piped.ok());
+  ASSERT_TRUE((*requester)->WaitAll({*direct, *piped}, absl::Seconds(20)).ok());
+  EXPECT_EQ((*requester)->Return(*direct), static_cast<int64_t>(kBlock));
+  EXPECT_EQ((*requester)->Return(*piped), 3);
+  ServiceStats stats = (*service)->Stats();
+  EXPECT_GE(stats.kernel_submitted, 1u);
+  EXPECT_GT(stats.max_io_submit_ns, 0);
+}
+
+}  // namespace
+}  // namespace kaio
