@@ -65,6 +65,8 @@ struct ServiceOptions {
   int reaper_cpu = -1;
 };
 
+// Counters are updated by the thread that does the work, without ordering against completions: a
+// completion can reach its requester a moment before the submitter counts its io_submit call.
 struct ServiceStats {
   uint64_t requests_accepted = 0;   // requests the service took from requesters
   uint64_t requests_completed = 0;  // completions delivered to mailboxes (every kind)
@@ -81,6 +83,7 @@ struct ServiceStats {
   uint64_t contexts_created = 0;
   uint64_t contexts_released = 0;   // released after the idle time
   uint64_t pool_threads = 0;        // fallback threads started so far
+  uint64_t pool_running = 0;        // requests a fallback thread is running right now
   uint64_t queue_block_allocations = 0;  // memory blocks the request queues allocated (process-wide)
 };
 

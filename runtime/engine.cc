@@ -324,6 +324,7 @@ ServiceStats Engine::Stats() const {
   s.contexts_created = counters_.contexts_created.load(std::memory_order_relaxed);
   s.contexts_released = counters_.contexts_released.load(std::memory_order_relaxed);
   s.pool_threads = counters_.pool_threads.load(std::memory_order_relaxed);
+  s.pool_running = counters_.pool_running.load(std::memory_order_relaxed);
   s.queue_block_allocations = QueueTraits::allocations.load(std::memory_order_relaxed);
   return s;
 }
@@ -629,7 +630,10 @@ void Engine::PoolLoop() {
     if (WordState(word) == SlotState::kPoolQueued &&
         slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolRunning),
                                           std::memory_order_acq_rel)) {
-      Complete(index, SlotState::kPoolRunning, RunBlocking(slot.cb));
+      counters_.pool_running.fetch_add(1, std::memory_order_relaxed);
+      int64_t result = RunBlocking(slot.cb);
+      counters_.pool_running.fetch_sub(1, std::memory_order_relaxed);
+      Complete(index, SlotState::kPoolRunning, result);
     } else {
       Complete(index, SlotState::kCancelledQueued, -ECANCELED);
     }

@@ -156,7 +156,7 @@ class Engine {
     std::atomic<uint64_t> kernel_submitted{0}, io_submit_calls{0}, io_submit_eagain{0};
     std::atomic<uint64_t> pool_requests{0}, nowait_retries{0};
     std::atomic<int64_t> max_io_submit_ns{0};
-    std::atomic<uint64_t> contexts_created{0}, contexts_released{0}, pool_threads{0};
+    std::atomic<uint64_t> contexts_created{0}, contexts_released{0}, pool_threads{0}, pool_running{0};
     std::atomic<uint64_t> accepted_by_gone_sinks{0};
   } counters_;
 
