@@ -1,5 +1,8 @@
 #include "kaio/service.h"
 
+#include <cstdio>
+#include <cstdlib>
+
 #include "core/mailbox.h"
 #include "core/syscalls.h"
 #include "runtime/engine.h"
@@ -21,6 +24,12 @@ Service::Service(std::unique_ptr<runtime::Engine> engine) : engine_(std::move(en
 
 Service::~Service() {
   Shutdown();
+  if (size_t alive = engine_->registered_sinks(); alive != 0) {
+    // Their mailboxes die with the service: going on would be a use-after-free later.
+    std::fprintf(stderr, "kaio: Service destroyed while %zu Requester(s) (or the POSIX facade) still use it; "
+                 "destroy every Requester first\n", alive);
+    std::abort();
+  }
   engine_.reset();  // joins the threads; no Deliver() can run after this
   mailboxes_.clear();
 }

@@ -289,6 +289,11 @@ void Engine::UnregisterSink(core::CompletionSink* sink) {
                                              std::memory_order_relaxed);
 }
 
+size_t Engine::registered_sinks() const {
+  std::lock_guard<std::mutex> lock(sinks_mu_);
+  return sinks_.size();
+}
+
 void Engine::Shutdown() {
   stopping_.store(true, std::memory_order_seq_cst);
   std::unique_lock<std::mutex> lock(sinks_mu_);

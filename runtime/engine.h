@@ -87,6 +87,7 @@ class Engine {
 
   void RegisterSink(core::CompletionSink* sink);
   void UnregisterSink(core::CompletionSink* sink);
+  size_t registered_sinks() const;
 
   ServiceStats Stats() const;
 
