@@ -119,6 +119,9 @@ Workload
   --runtime=DUR       measured time per engine (default 4.5s)
   --ramp=DUR          unmeasured warm-up per engine (default 0.5s)
   --ops=N             instead of a time: N I/Os per engine (split over the threads), all measured
+  --rounds=N          run the engine list N times, interleaved (kaio, libaio, ..., kaio, libaio,
+                      ...), and merge each engine's rounds: slow drift in the machine's load then
+                      hits every engine alike (default 1); the per-round figures are printed too
   --seed=N            offset sequence seed (default 1); every engine replays the same sequence
 Files
   --filename=P[:P..]  use these files (created or extended to --size if needed, and kept)
@@ -133,6 +136,8 @@ Engines
   --kaio-reap-batch=N      ServiceOptions::reap_batch (default 64)
   --kaio-fallback-threads=N  ServiceOptions::fallback_threads (default 4)
   --kaio-submitter-cpu=N, --kaio-reaper-cpu=N   pin kaio's threads (default: not pinned)
+  --kaio-wait=block|spin  requesters sleep in Requester::Wait (block, default) or spin on Poll()
+                      (thread-per-core style: no sleeping, one CPU busy per bench thread)
   --pool-threads=N    threadpool engine workers (default threads*iodepth, at most 256)
   --fio=PATH          the fio binary (default: fio from PATH)
 Output
@@ -240,6 +245,10 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
       absl::StatusOr<uint64_t> v = ParseCount(value);
       if (!v.ok()) return v.status();
       o.ops = *v;
+    } else if (name == "rounds") {
+      absl::StatusOr<int> v = ParseInt(name, value, 1, 1000);
+      if (!v.ok()) return v.status();
+      o.rounds = *v;
     } else if (name == "filename") {
       o.filenames = absl::StrSplit(value, ':', absl::SkipEmpty());
     } else if (name == "directory") {
@@ -315,6 +324,10 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
       absl::StatusOr<int> v = ParseInt(name, value, -1, 4095);
       if (!v.ok()) return v.status();
       o.kaio_reaper_cpu = *v;
+    } else if (name == "kaio-wait") {
+      if (value == "block") o.kaio_spin = false;
+      else if (value == "spin") o.kaio_spin = true;
+      else return absl::InvalidArgumentError("--kaio-wait: expected block or spin");
     } else if (name == "pool-threads") {
       absl::StatusOr<int> v = ParseInt(name, value, 1, 4096);
       if (!v.ok()) return v.status();

@@ -47,6 +47,7 @@ struct Options {
   double ramp_s = 0.5;
   double runtime_s = 4.5;
   uint64_t ops = 0;  // total per engine; 0: time based
+  int rounds = 1;    // the engine list is run this many times, interleaved, and merged per engine
   std::vector<std::string> filenames;  // explicit files (kept); empty: temporary files
   std::string directory;               // where temporary files go
   uint64_t seed = 1;
@@ -62,6 +63,7 @@ struct Options {
   int kaio_fallback_threads = 4;
   int kaio_submitter_cpu = -1;
   int kaio_reaper_cpu = -1;
+  bool kaio_spin = false;  // requesters poll instead of sleeping in Wait
   int pool_threads = 0;  // 0: threads * iodepth, at most 256
   std::string fio = "fio";
 

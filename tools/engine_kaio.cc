@@ -17,8 +17,8 @@ namespace {
 
 class KaioRunner : public ThreadRunner {
  public:
-  KaioRunner(std::unique_ptr<kaio::Requester> requester, const kaio::Service& service)
-      : requester_(std::move(requester)), service_(service) {}
+  KaioRunner(std::unique_ptr<kaio::Requester> requester, const kaio::Service& service, bool spin)
+      : requester_(std::move(requester)), service_(service), spin_(spin) {}
 
   absl::Status Run(ThreadCtx& ctx) override {
     const int depth = ctx.depth();
@@ -47,7 +47,16 @@ class KaioRunner : public ThreadRunner {
         }
       }
       if (in_flight == 0) break;
-      size_t n = requester_->Wait(absl::MakeSpan(done), 1, stall);
+      size_t n;
+      if (spin_) {
+        // Thread-per-core style: never sleep in kaio, poll until something is there.
+        const int64_t deadline = NowNs() + static_cast<int64_t>(ctx.options().stall_timeout_s * 1e9);
+        do {
+          n = requester_->Poll(absl::MakeSpan(done));
+        } while (n == 0 && NowNs() < deadline);
+      } else {
+        n = requester_->Wait(absl::MakeSpan(done), 1, stall);
+      }
       if (n == 0) {
         // Nothing for stall_timeout: report, then wait for the requests anyway (their buffers are
         // ours, and the Requester's destructor would wait for them too).
@@ -79,11 +88,12 @@ class KaioRunner : public ThreadRunner {
 
   std::unique_ptr<kaio::Requester> requester_;
   const kaio::Service& service_;
+  const bool spin_;
 };
 
 class KaioEngine : public Engine {
  public:
-  explicit KaioEngine(const Options& o) {
+  explicit KaioEngine(const Options& o) : spin_(o.kaio_spin) {
     options_.queue_depth = o.kaio_queue_depth > 0 ? o.kaio_queue_depth : std::max(128, o.threads * o.iodepth);
     options_.submit_batch = o.kaio_submit_batch;
     options_.reap_batch = o.kaio_reap_batch;
@@ -94,9 +104,10 @@ class KaioEngine : public Engine {
 
   std::string name() const override { return "kaio"; }
   std::string Describe() const override {
-    return absl::StrFormat("kaio::Service queue_depth=%d submit_batch=%d reap_batch=%d fallback_threads=%d%s",
+    return absl::StrFormat("kaio::Service queue_depth=%d submit_batch=%d reap_batch=%d fallback_threads=%d; %s%s",
                            options_.queue_depth, options_.submit_batch, options_.reap_batch,
                            options_.fallback_threads,
+                           spin_ ? "requesters spin on Poll()" : "requesters block in Wait(min_count=1)",
                            options_.submitter_cpu >= 0 || options_.reaper_cpu >= 0
                                ? absl::StrFormat(" submitter_cpu=%d reaper_cpu=%d", options_.submitter_cpu,
                                                  options_.reaper_cpu)
@@ -113,7 +124,7 @@ class KaioEngine : public Engine {
   absl::StatusOr<std::unique_ptr<ThreadRunner>> NewThread(ThreadCtx&) override {
     absl::StatusOr<std::unique_ptr<kaio::Requester>> requester = kaio::Requester::Create(*service_);
     if (!requester.ok()) return requester.status();
-    return std::unique_ptr<ThreadRunner>(new KaioRunner(*std::move(requester), *service_));
+    return std::unique_ptr<ThreadRunner>(new KaioRunner(*std::move(requester), *service_, spin_));
   }
 
   void OnMeasureStart() override { start_ = service_->Stats(); }
@@ -157,6 +168,7 @@ class KaioEngine : public Engine {
   }
 
  private:
+  const bool spin_;
   kaio::ServiceOptions options_;
   std::unique_ptr<kaio::Service> service_;
   kaio::ServiceStats start_, end_, total_;

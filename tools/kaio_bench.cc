@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <condition_variable>
@@ -264,12 +265,9 @@ EngineResult RunEngine(const std::string& name, const Options& o, std::vector<Be
     }
   }
   r.seconds = static_cast<double>(t1 - t0) / 1e9;
-  r.p50_us = hist.Quantile(0.50) / 1000;
-  r.p90_us = hist.Quantile(0.90) / 1000;
-  r.p99_us = hist.Quantile(0.99) / 1000;
-  r.p999_us = hist.Quantile(0.999) / 1000;
-  r.mean_us = hist.mean() / 1000;
-  r.max_us = static_cast<double>(hist.max()) / 1000;
+  r.has_histogram = true;
+  r.histogram = std::move(hist);
+  r.LatencyFromHistogram();
   r.user_s = u1.user_s - u0.user_s;
   r.sys_s = u1.sys_s - u0.sys_s;
   r.voluntary_csw = u1.nvcsw - u0.nvcsw;
@@ -321,32 +319,39 @@ int Main(int argc, char** argv) {
   }
   if (progress || o.json) std::fprintf(stderr, "kaio_bench: %s\n", DescribeWorkload(o).c_str());
 
-  std::vector<EngineResult> results;
-  for (size_t i = 0; i < o.engines.size(); ++i) {
-    if (g_interrupted) break;
-    const std::string& name = o.engines[i];
-    std::string label = absl::StrFormat("[%zu/%zu] %-10s", i + 1, o.engines.size(), name);
-    EngineResult r;
-    if (absl::StartsWith(name, "fio-")) {
-      if (progress) {
-        std::fprintf(stderr, "%s running fio (%.1f s) ...", label.c_str(), o.ops ? 0.0 : o.ramp_s + o.runtime_s);
-        std::fflush(stderr);
-      }
-      r = RunFio(o, files, name.substr(4));
-      if (progress) std::fprintf(stderr, "\r\033[K");
-    } else {
-      r = RunEngine(name, o, files, label, progress);
-    }
-    if (progress) {
-      if (r.ok || r.ops > 0) {
-        std::fprintf(stderr, "%s %9.1fk IOPS  %6.2f us CPU/op  p99 %s us%s\n", label.c_str(), r.iops() / 1000,
-                     r.cpu_us_per_op(), absl::StrFormat("%.0f", r.p99_us).c_str(), r.ok ? "" : "  FAILED");
+  std::vector<EngineResult> results(o.engines.size());
+  for (int round = 0; round < o.rounds && !g_interrupted; ++round) {
+    for (size_t i = 0; i < o.engines.size(); ++i) {
+      if (g_interrupted) break;
+      const std::string& name = o.engines[i];
+      std::string label = o.rounds > 1 ? absl::StrFormat("[round %d/%d %zu/%zu] %-10s", round + 1, o.rounds, i + 1,
+                                                         o.engines.size(), name)
+                                       : absl::StrFormat("[%zu/%zu] %-10s", i + 1, o.engines.size(), name);
+      EngineResult r;
+      if (absl::StartsWith(name, "fio-")) {
+        if (progress) {
+          std::fprintf(stderr, "%s running fio (%.1f s) ...", label.c_str(), o.ops ? 0.0 : o.ramp_s + o.runtime_s);
+          std::fflush(stderr);
+        }
+        r = RunFio(o, files, name.substr(4));
+        if (progress) std::fprintf(stderr, "\r\033[K");
       } else {
-        std::fprintf(stderr, "%s FAILED: %s\n", label.c_str(), r.error.c_str());
+        r = RunEngine(name, o, files, label, progress);
       }
+      if (progress) {
+        if (r.ok || r.ops > 0) {
+          std::fprintf(stderr, "%s %9.1fk IOPS  %6.2f us CPU/op  p99 %s us%s\n", label.c_str(), r.iops() / 1000,
+                       r.cpu_us_per_op(), absl::StrFormat("%.0f", r.p99_us).c_str(), r.ok ? "" : "  FAILED");
+        } else {
+          std::fprintf(stderr, "%s FAILED: %s\n", label.c_str(), r.error.c_str());
+        }
+      }
+      MergeRound(results[i], r);
     }
-    results.push_back(std::move(r));
   }
+  // Engines an interrupt kept from running at all.
+  results.erase(std::remove_if(results.begin(), results.end(), [](const EngineResult& r) { return r.engine.empty(); }),
+                results.end());
   RemoveTemporaryFiles(files);
 
   if (!o.json_file.empty()) {

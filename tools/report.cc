@@ -1,7 +1,9 @@
 #include "tools/report.h"
 
+#include <algorithm>
 #include <cstdio>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -51,7 +53,85 @@ std::string CounterValue(double v) {
   return absl::StrFormat("%.2f", v);
 }
 
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
 }  // namespace
+
+void EngineResult::LatencyFromHistogram() {
+  p50_us = histogram.Quantile(0.50) / 1000;
+  p90_us = histogram.Quantile(0.90) / 1000;
+  p99_us = histogram.Quantile(0.99) / 1000;
+  p999_us = histogram.Quantile(0.999) / 1000;
+  mean_us = histogram.mean() / 1000;
+  max_us = static_cast<double>(histogram.max()) / 1000;
+}
+
+void MergeRound(EngineResult& into, const EngineResult& r) {
+  if (into.engine.empty()) {
+    into = r;
+    into.round_iops = {r.iops()};
+    into.round_cpu_per_op = {r.cpu_us_per_op()};
+    return;
+  }
+  const double w0 = static_cast<double>(into.ops), w1 = static_cast<double>(r.ops);
+  auto weighted = [&](double a, double b) { return w0 + w1 > 0 ? (a * w0 + b * w1) / (w0 + w1) : 0; };
+  if (!r.ok && into.ok) {
+    into.ok = false;
+    into.error = r.error;
+  }
+  into.interrupted = into.interrupted || r.interrupted;
+  // Counters: maxima stay maxima, rates and percentages are ops-weighted, the rest add up.
+  for (const auto& [name, value] : r.counters) {
+    auto it = std::find_if(into.counters.begin(), into.counters.end(), [&](const auto& c) { return c.first == name; });
+    if (it == into.counters.end()) {
+      into.counters.push_back({name, value});
+    } else if (absl::StartsWith(name, "max_") || name == "pool_threads") {
+      it->second = std::max(it->second, value);
+    } else if (absl::EndsWith(name, "_pct") || absl::EndsWith(name, "per_op") || name == "average_batch") {
+      it->second = weighted(it->second, value);
+    } else {
+      it->second += value;
+    }
+  }
+  if (into.has_histogram && r.has_histogram) {
+    into.histogram.Merge(r.histogram);
+  } else {
+    into.has_histogram = false;
+    into.p50_us = weighted(into.p50_us, r.p50_us);
+    into.p90_us = weighted(into.p90_us, r.p90_us);
+    into.p99_us = weighted(into.p99_us, r.p99_us);
+    into.p999_us = weighted(into.p999_us, r.p999_us);
+    into.mean_us = weighted(into.mean_us, r.mean_us);
+    into.max_us = std::max(into.max_us, r.max_us);
+  }
+  into.seconds += r.seconds;
+  into.ops += r.ops;
+  into.bytes += r.bytes;
+  into.writes += r.writes;
+  into.io_errors += r.io_errors;
+  into.short_ios += r.short_ios;
+  if (into.first_io_error.empty()) into.first_io_error = r.first_io_error;
+  into.user_s += r.user_s;
+  into.sys_s += r.sys_s;
+  into.voluntary_csw += r.voluntary_csw;
+  into.involuntary_csw += r.involuntary_csw;
+  into.round_iops.push_back(r.iops());
+  into.round_cpu_per_op.push_back(r.cpu_us_per_op());
+  if (into.has_histogram) into.LatencyFromHistogram();
+  // Recompute what is a ratio of two sums.
+  double submitted = 0, calls = 0;
+  for (const auto& [name, value] : into.counters) {
+    if (name == "kernel_submitted") submitted = value;
+    if (name == "io_submit_calls") calls = value;
+  }
+  for (auto& [name, value] : into.counters) {
+    if (name == "average_batch" && calls > 0) value = submitted / calls;
+  }
+}
 
 std::string DescribeWorkload(const Options& o) {
   std::string s = absl::StrCat(o.rw, " bs=", HumanSize(o.bs), " iodepth=", o.iodepth, " threads=", o.threads,
@@ -65,6 +145,7 @@ std::string DescribeWorkload(const Options& o) {
     absl::StrAppend(&s, " ramp=", Seconds(o.ramp_s), " runtime=", Seconds(o.runtime_s));
   }
   absl::StrAppend(&s, " seed=", o.seed);
+  if (o.rounds > 1) absl::StrAppend(&s, " rounds=", o.rounds);
   return s;
 }
 
@@ -92,6 +173,21 @@ void PrintTable(const Options& o, const Environment& env, const std::vector<Engi
                  r.interrupted ? "  (interrupted)" : (!r.ok ? "  (FAILED, see below)" : ""));
   }
   std::fprintf(out, "\n");
+  if (o.rounds > 1) {
+    std::fprintf(out, "per-round IOPS and CPU us/op (%d interleaved rounds; the table merges them):\n", o.rounds);
+    for (const EngineResult& r : results) {
+      std::vector<std::string> parts;
+      for (size_t i = 0; i < r.round_iops.size(); ++i) {
+        parts.push_back(absl::StrCat(Iops(r.round_iops[i]), "/", absl::StrFormat("%.2f", r.round_cpu_per_op[i])));
+      }
+      double median = Median(r.round_iops);
+      double low = r.round_iops.empty() ? 0 : *std::min_element(r.round_iops.begin(), r.round_iops.end());
+      double high = r.round_iops.empty() ? 0 : *std::max_element(r.round_iops.begin(), r.round_iops.end());
+      std::fprintf(out, "  %-12s %s  (IOPS spread %.0f%% of the median)\n", r.engine.c_str(), absl::StrJoin(parts, "  ").c_str(),
+                   median > 0 ? (high - low) / median * 100 : 0.0);
+    }
+    std::fprintf(out, "\n");
+  }
   for (const EngineResult& r : results) {
     if (!r.counters.empty()) {
       std::vector<std::string> parts;
@@ -140,6 +236,7 @@ std::string ToJson(const Options& o, const Environment& env, const std::vector<E
   w.Number("runtime_s", o.runtime_s);
   w.Integer("ops", static_cast<int64_t>(o.ops));
   w.Integer("seed", static_cast<int64_t>(o.seed));
+  w.Integer("rounds", o.rounds);
   w.EndObject();
   w.BeginObject("environment");
   w.String("kernel", env.kernel);
@@ -183,6 +280,14 @@ std::string ToJson(const Options& o, const Environment& env, const std::vector<E
     w.Integer("involuntary_csw", static_cast<int64_t>(r.involuntary_csw));
     w.Number("csw_per_op", r.csw_per_op());
     w.EndObject();
+    if (r.round_iops.size() > 1) {
+      w.BeginArray("round_iops");
+      for (double v : r.round_iops) w.Number("", v);
+      w.EndArray();
+      w.BeginArray("round_cpu_us_per_op");
+      for (double v : r.round_cpu_per_op) w.Number("", v);
+      w.EndArray();
+    }
     w.Integer("io_errors", static_cast<int64_t>(r.io_errors));
     if (!r.first_io_error.empty()) w.String("first_io_error", r.first_io_error);
     w.Integer("short_ios", static_cast<int64_t>(r.short_ios));

@@ -37,6 +37,16 @@ struct EngineResult {
 
   std::vector<std::pair<std::string, double>> counters;
 
+  // Engines measured here keep their histogram, so rounds merge exactly; fio's percentiles are
+  // merged as an ops-weighted mean.
+  bool has_histogram = false;
+  Histogram histogram;
+  std::vector<double> round_iops;        // one per round
+  std::vector<double> round_cpu_per_op;  // one per round
+
+  // Sets the latency fields from `histogram`.
+  void LatencyFromHistogram();
+
   double iops() const { return seconds > 0 ? static_cast<double>(ops) / seconds : 0; }
   double mib_s() const { return seconds > 0 ? static_cast<double>(bytes) / seconds / (1 << 20) : 0; }
   double cpu_us_per_op() const { return ops > 0 ? (user_s + sys_s) * 1e6 / static_cast<double>(ops) : 0; }
@@ -53,6 +63,9 @@ struct Environment {
   bool temporary_files = false;
   std::string started_at;  // local time
 };
+
+// Adds round `r` (of the same engine) into `into`: sums of counts, times and CPU, merged latency.
+void MergeRound(EngineResult& into, const EngineResult& r);
 
 // One line describing the workload, fio style.
 std::string DescribeWorkload(const Options& o);
