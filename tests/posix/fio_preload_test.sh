@@ -7,16 +7,15 @@ set -euo pipefail
 so=$(realpath "$1")
 tmp=${TEST_TMPDIR:-$(mktemp -d)}
 command -v fio > /dev/null || { echo "FAIL: fio is not installed (scripts/setup.sh installs it)" >&2; exit 1; }
+# Under a sanitizer config the object needs its runtime loaded first. fio itself is not instrumented,
+# so ASan/TSan check kaio's code inside a real fio process.
 runtime=$(ldd "$so" | grep -o '/[^ ]*lib[a-z]*san\.so[^ ]*' | head -1 || true)
-case "$runtime" in
-  *tsan*)
-    # fio itself is not built with TSan; TSan cannot be loaded into it (its shadow memory needs the
-    # program built for it). The conformance test covers kaio under TSan.
-    echo "SKIP: fio cannot run with the TSan runtime preloaded"
-    exit 0 ;;
-esac
 preload="${runtime:+$runtime:}$so"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-}:detect_leaks=0
+# fio 3.33's own races at exit (its helper thread against options_free and fio_sem_remove in the
+# main thread): not kaio's, and named exactly. Any other report fails the run (exit code 66).
+printf 'race:^options_free$\nrace:^fio_sem_remove$\n' > "$tmp/fio_tsan.supp"
+export TSAN_OPTIONS=${TSAN_OPTIONS:-}:suppressions=$tmp/fio_tsan.supp:exitcode=66
 
 run() {  # run <name> <fio args...>
   local name=$1

@@ -39,7 +39,13 @@ constexpr bool kTsan = false;
 
 class Conformance : public ::testing::TestWithParam<const Api*> {
  protected:
-  void SetUp() override { DrainSignals(); }
+  void SetUp() override {
+    // glibc's helper threads start further helper threads from inside libc, where ThreadSanitizer
+    // cannot see them; their first allocation then crashes in TSan's allocator. Under TSan only
+    // kaio's half runs (the other configurations run both).
+    if (kTsan && !kaio()) GTEST_SKIP() << "glibc's AIO threads cannot run under ThreadSanitizer";
+    DrainSignals();
+  }
   void TearDown() override { DrainSignals(); }
   const Api& api() const { return *GetParam(); }
   bool kaio() const { return GetParam()->kaio; }
@@ -92,6 +98,25 @@ TEST_P(Conformance, ReadAcrossEndOfFileIsShort) {
   ASSERT_TRUE(WaitDone(api(), &at_end));
   EXPECT_EQ(api().error(&at_end), 0);
   EXPECT_EQ(api().ret(&at_end), 0);
+}
+
+// aio_read reads as read() would: on a regular file the count is short only at end of file, even
+// when only the start of the range is in the page cache (the kernel's non-blocking attempt stops at
+// the first uncached page; kaio finishes the rest in a worker).
+TEST_P(Conformance, ReadOfPartlyCachedFileIsComplete) {
+  constexpr size_t kSize = 1 << 20;
+  TempFile file(kSize);
+  ASSERT_EQ(fdatasync(file.fd()), 0);
+  ASSERT_EQ(posix_fadvise(file.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
+  char first[4096];
+  ASSERT_EQ(pread(file.fd(), first, sizeof(first), 0), 4096);  // only the start is cached now
+  std::vector<uint8_t> buf(kSize);
+  struct aiocb cb = MakeCb(file.fd(), buf.data(), kSize, 0);
+  ASSERT_EQ(api().read(&cb), 0);
+  ASSERT_TRUE(WaitDone(api(), &cb));
+  EXPECT_EQ(api().error(&cb), 0);
+  EXPECT_EQ(api().ret(&cb), static_cast<ssize_t>(kSize));
+  for (size_t i = 0; i < kSize; i += 4093) ASSERT_EQ(buf[i], PatternByte(i)) << i;
 }
 
 // aio_read: "the aio_read() function shall return when the read request has been initiated or
@@ -741,7 +766,6 @@ TEST_P(Conformance, ListioNowaitNotifiesListAndRequests) {
 // lio_listio(LIO_NOWAIT) with SIGEV_THREAD for the list: the function runs once, with the value,
 // after every request completed.
 TEST_P(Conformance, ListioNowaitThreadNotification) {
-  if (kTsan && !kaio()) GTEST_SKIP() << "glibc starts SIGEV_THREAD threads inside libc, unseen by TSan";
   TempFile file(65536);
   struct State {
     std::mutex mu;
@@ -922,7 +946,6 @@ void ProbeCallback(union sigval v) {
 // thread, after the request's status is final. kaio runs it on its own notification threads (named
 // kaio-notify), never on the engine's threads.
 TEST_P(Conformance, SigevThreadCallsFunctionWithValue) {
-  if (kTsan && !kaio()) GTEST_SKIP() << "glibc starts SIGEV_THREAD threads inside libc, unseen by TSan";
   TempFile file(4096);
   char buf[128];
   ThreadProbe probe;
@@ -946,7 +969,6 @@ TEST_P(Conformance, SigevThreadCallsFunctionWithValue) {
 // SIGEV_THREAD with sigev_notify_attributes: the thread is created with those attributes (here a
 // stack twice the default size: a default thread, or a reused cached stack, would be smaller).
 TEST_P(Conformance, SigevThreadUsesAttributes) {
-  if (kTsan && !kaio()) GTEST_SKIP() << "glibc starts SIGEV_THREAD threads inside libc, unseen by TSan";
   TempFile file(4096);
   char buf[128];
   ThreadProbe probe;
@@ -974,7 +996,6 @@ TEST_P(Conformance, SigevThreadUsesAttributes) {
 // SIGEV_THREAD: each notification runs "as if it were the start function of a new thread", so a
 // callback that blocks does not hold up another request's callback.
 TEST_P(Conformance, SigevThreadCallbackMayBlock) {
-  if (kTsan && !kaio()) GTEST_SKIP() << "glibc starts SIGEV_THREAD threads inside libc, unseen by TSan";
   TempFile file(8192);
   struct Shared {
     std::mutex mu;
