@@ -71,29 +71,29 @@ def kaio_deps(third_party_dir = "/opt/kaio-deps"):
         native.new_local_repository,
         "com_google_googletest",
         path = "/usr/src/googletest",
-        build_file = "@kaio//third_party:googletest.BUILD",
+        build_file = str(Label("//third_party:googletest.BUILD")),
     )
     _maybe(
         native.new_local_repository,
         "libaio",
         path = "/usr/include",
-        build_file = "@kaio//third_party:libaio.BUILD",
+        build_file = str(Label("//third_party:libaio.BUILD")),
     )
     _maybe(
         native.new_local_repository,
         "liburing",
         path = "/usr/include",
-        build_file = "@kaio//third_party:liburing.BUILD",
+        build_file = str(Label("//third_party:liburing.BUILD")),
     )
     _maybe(
         native.new_local_repository,
         "moodycamel_concurrentqueue",
         path = "/usr/include",
-        build_file = "@kaio//third_party:concurrentqueue.BUILD",
+        build_file = str(Label("//third_party:concurrentqueue.BUILD")),
     )
     _maybe(
         native.new_local_repository,
         "com_github_google_benchmark",
         path = "/usr/include/benchmark",
-        build_file = "@kaio//third_party:benchmark.BUILD",
+        build_file = str(Label("//third_party:benchmark.BUILD")),
     )

@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -113,8 +114,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ServiceOptions& opt
   }
   core::Syscalls& sys = syscalls != nullptr ? *syscalls : core::Syscalls::Real();
   std::unique_ptr<Engine> engine(new Engine(options, sys, submit_efd, kernel_efd));
+  // kaio's threads never take the application's signals (glibc's AIO helpers do the same). They
+  // inherit the creating thread's mask, and the pool's workers inherit theirs: block everything
+  // around their creation, or a SIGINT the application reads from a signalfd can land on a kaio
+  // thread and kill the process with the default action.
+  sigset_t all_signals, caller_mask;
+  sigfillset(&all_signals);
+  pthread_sigmask(SIG_BLOCK, &all_signals, &caller_mask);
   engine->submitter_ = std::thread([e = engine.get()] { e->SubmitterLoop(); });
   engine->reaper_ = std::thread([e = engine.get()] { e->ReaperLoop(); });
+  pthread_sigmask(SIG_SETMASK, &caller_mask, nullptr);
   absl::Status pinned = NameAndPin(engine->submitter_, options.submitter_thread_name, options.submitter_cpu);
   if (pinned.ok()) pinned = NameAndPin(engine->reaper_, options.reaper_thread_name, options.reaper_cpu);
   if (!pinned.ok()) return pinned;  // the destructor stops the threads
