@@ -23,8 +23,10 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdarg>
 #include <cstdint>
 #include <cstdio>
+#include <deque>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -40,7 +42,24 @@
 namespace kaio::fuzz {
 namespace {
 
+// The last steps of the current input, printed with a violation (the harness is single-threaded).
+std::deque<std::string>& TraceLog() {
+  static std::deque<std::string> log;
+  return log;
+}
+void Trace(const char* format, ...) __attribute__((format(printf, 1, 2)));
+void Trace(const char* format, ...) {
+  char text[200];
+  va_list args;
+  va_start(args, format);
+  std::vsnprintf(text, sizeof(text), format, args);
+  va_end(args);
+  TraceLog().push_back(text);
+  if (TraceLog().size() > 80) TraceLog().pop_front();
+}
+
 [[noreturn]] void Violation(const char* what, uint64_t a = 0, int64_t b = 0) {
+  for (const std::string& line : TraceLog()) std::fprintf(stderr, "  trace: %s\n", line.c_str());
   std::fprintf(stderr, "kaio_api_fuzzer: VIOLATION: %s (%llu, %lld)\n", what, static_cast<unsigned long long>(a),
                static_cast<long long>(b));
   std::fflush(stderr);
@@ -105,10 +124,10 @@ struct Env {
     b.reap_batch = 1;
     b.fallback_threads = 0;
     b.max_requests = 1024;
-    ServiceOptions c;  // one pool thread, the io context released whenever idle
+    ServiceOptions c;  // one pool thread, the io context released after 1 ms idle
     c.queue_depth = 4;
     c.fallback_threads = 1;
-    c.idle_release = absl::ZeroDuration();
+    c.idle_release = absl::Milliseconds(1);
     for (const ServiceOptions& o : {a, b, c}) {
       auto s = Service::CreateWithSyscalls(o, &sys);
       if (!s.ok()) {
@@ -184,6 +203,7 @@ class Run {
   }
 
   void Go() {
+    TraceLog().clear();
     for (int step = 0; step < 256 && !in_.empty(); ++step) Step();
     Finish();
   }
@@ -268,6 +288,18 @@ class Run {
     }
   }
 
+  // Whether Return() just consumed `t` (a ticket our model holds live). Return() answers -EINVAL and
+  // -EINPROGRESS both for tickets it does not consume and as the results of requests that failed
+  // with those errnos, so the slot itself says which it was (nothing else claims slots meanwhile:
+  // this harness is the only producer).
+  bool Consumed(uint64_t t) {
+    const core::Slot& slot = service_->engine().slots().at(core::TicketIndex(t));
+    uint64_t word = slot.word.load(std::memory_order_acquire);
+    core::SlotState state = core::WordState(word);
+    return core::WordGeneration(word) != core::TicketGeneration(t) || state == core::SlotState::kFree ||
+           state == core::SlotState::kReturned;
+  }
+
   bool IsLiveAnywhere(uint64_t t) const {
     for (const Slot& s : slots_) {
       if (s.live.count(t)) return true;
@@ -347,6 +379,8 @@ class Run {
       return;
     }
     if (!t->valid() || IsLiveAnywhere(t->value())) Violation("a new ticket is empty or already live", t->value());
+    Trace("r%d submit kind %d fd %d len %zu -> %016llx", static_cast<int>(&s - slots_.data()), kind, fd, length,
+          static_cast<unsigned long long>(t->value()));
     Live l;
     l.tag = tag;
     l.max_result = static_cast<int64_t>(kind <= 1 ? length : total);
@@ -360,7 +394,7 @@ class Run {
     if (result < -4095) Violation("result is not a byte count or -errno", ticket, result);
     if (l.said_canceled && result != -ECANCELED) Violation("Cancel said kCanceled but the result is not ECANCELED", ticket, result);
     if (l.said_not_canceled && result == -ECANCELED) Violation("Cancel said kNotCanceled but the result is ECANCELED", ticket, result);
-    if (result == -EINPROGRESS || result == -EINVAL - 1000) Violation("odd result", ticket, result);
+    if (result == -EINPROGRESS) Violation("a consumed result is EINPROGRESS", ticket, result);
     if (l.buffer >= 0) buffer_busy_[l.buffer] = false;
     s.consumed.push_back(ticket);
     if (s.consumed.size() > 64) s.consumed.erase(s.consumed.begin());
@@ -369,6 +403,8 @@ class Run {
 
   void Take(Slot& s, absl::Span<const Completion> done) {
     for (const Completion& c : done) {
+      Trace("r%d completion %016llx result %lld", static_cast<int>(&s - slots_.data()),
+            static_cast<unsigned long long>(c.ticket.value()), static_cast<long long>(c.result));
       auto it = s.live.find(c.ticket.value());
       if (it == s.live.end()) Violation("completion for a ticket that is not live here (delivered twice or misrouted)", c.ticket.value(), c.result);
       if (it->second.tag != c.tag) Violation("completion carries another request's tag", c.tag, static_cast<int64_t>(it->second.tag));
@@ -385,6 +421,7 @@ class Run {
       auto r = Requester::Create(*service_);
       if (!r.ok()) Violation("Requester::Create failed");
       s.requester = *std::move(r);
+      Trace("r%d created", static_cast<int>(&s - slots_.data()));
       return;
     }
     Requester& r = *s.requester;
@@ -406,7 +443,7 @@ class Run {
       case 7: {
         std::array<Completion, 8> out;
         size_t want = 1 + in_.U8() % out.size();
-        size_t n = r.Wait(absl::MakeSpan(out.data(), want), in_.U8() % (want + 1), absl::Microseconds(in_.U8() * 10));
+        size_t n = r.Wait(absl::MakeSpan(out.data(), want), in_.U8() % (want + 1), absl::Microseconds(in_.U8() * 4));
         Take(s, absl::MakeConstSpan(out.data(), n));
         return;
       }
@@ -419,7 +456,7 @@ class Run {
           if (!s.live.count(t)) all_own_live = false;
           list.push_back(Ticket(t));
         }
-        absl::Duration timeout = absl::Microseconds(in_.U8() * 10);
+        absl::Duration timeout = absl::Microseconds(in_.U8() * 4);
         if (op == 8) {
           absl::Status st = r.WaitAll(list, timeout);
           if (!all_own_live && st.code() != absl::StatusCode::kInvalidArgument) Violation("WaitAll over a stale or foreign ticket is not INVALID_ARGUMENT");
@@ -446,12 +483,17 @@ class Run {
       case 11: {
         uint64_t t = PickTicket(s);
         int64_t result = r.Return(Ticket(t));
+        Trace("r%d Return %016llx -> %lld", static_cast<int>(&s - slots_.data()), static_cast<unsigned long long>(t),
+              static_cast<long long>(result));
         auto it = s.live.find(t);
         if (it == s.live.end()) {
           if (result != -EINVAL) Violation("Return() of a ticket that is not live here is not EINVAL", t, result);
           return;
         }
-        if (result == -EINPROGRESS) return;
+        if (!Consumed(t)) {
+          if (result != -EINPROGRESS) Violation("Return() answered a live ticket without consuming it", t, result);
+          return;
+        }
         Live l = it->second;
         s.live.erase(it);
         CheckResult(s, t, l, result);
@@ -460,13 +502,24 @@ class Run {
       case 12: {
         uint64_t t = PickTicket(s);
         absl::StatusOr<CancelResult> c = r.Cancel(Ticket(t));
+        Trace("r%d Cancel %016llx -> %d", static_cast<int>(&s - slots_.data()), static_cast<unsigned long long>(t),
+              c.ok() ? static_cast<int>(*c) : -1);
         auto it = s.live.find(t);
         if (!IsLiveAnywhere(t)) {
           if (c.ok() || c.status().code() != absl::StatusCode::kInvalidArgument) Violation("Cancel of a dead ticket is not INVALID_ARGUMENT", t);
           return;
         }
         if (!c.ok()) Violation("Cancel of a live ticket failed", t);
-        if (it == s.live.end()) return;  // another requester's: nothing to record here
+        if (it == s.live.end()) {
+          // Another requester's ticket (Cancel does not check the owner): record the answer there.
+          for (Slot& other : slots_) {
+            if (auto o = other.live.find(t); o != other.live.end() && *c == CancelResult::kCanceled) {
+              o->second.said_canceled = true;
+              o->second.said_not_canceled = false;
+            }
+          }
+          return;
+        }
         if (*c == CancelResult::kCanceled) {
           it->second.said_canceled = true;
           it->second.said_not_canceled = false;
@@ -483,6 +536,7 @@ class Run {
         bool regular;
         int fd = PickFd(&regular);
         CancelResult c = r.CancelAll(fd);
+        Trace("r%d CancelAll fd %d -> %d", static_cast<int>(&s - slots_.data()), fd, static_cast<int>(c));
         // Requests it cancelled show ECANCELED now; a later result must agree with that.
         for (auto& [t, l] : s.live) {
           if (r.Error(Ticket(t)) == ECANCELED) {
@@ -512,15 +566,20 @@ class Run {
           if (in_.U8() & 1) {
             Unstick(s);
           } else {
+            // Every pipe read outstanding, this requester's and the others' (they all read the same
+            // pipe, and may take the bytes meant for ours), gets enough for its largest read (128).
             size_t pipe_reads = 0;
-            for (const auto& [t, l] : s.live) pipe_reads += l.pipe_read ? 1 : 0;
-            std::vector<char> bytes(64 * pipe_reads, 'a');
+            for (const Slot& any : slots_) {
+              for (const auto& [t, l] : any.live) pipe_reads += l.pipe_read ? 1 : 0;
+            }
+            std::vector<char> bytes(128 * pipe_reads, 'a');
             if (!bytes.empty()) {
               ssize_t w = write(env_.pipe_write, bytes.data(), bytes.size());  // EAGAIN: full, so readers have data
               (void)w;
             }
             abandoned_ += s.live.size();
           }
+          Trace("r%d destroyed with %zu outstanding", static_cast<int>(&s - slots_.data()), s.live.size());
           Forget(s);
           s.requester.reset();
         } else {
@@ -547,17 +606,19 @@ class Run {
       std::memset(bytes, 'u', sizeof(bytes));
       ssize_t w = write(env_.pipe_write, bytes, sizeof(bytes));
       (void)w;
-      size_t n = s.requester->Wait(absl::MakeSpan(out), 1, absl::Milliseconds(5));
+      size_t n = s.requester->Wait(absl::MakeSpan(out), 1, absl::Milliseconds(2));
       Take(s, absl::MakeConstSpan(out.data(), n));
       if (n == 0) {
         // Results taken by Return() never come through Wait: find them.
         for (auto it = s.live.begin(); it != s.live.end();) {
           int64_t result = s.requester->Return(Ticket(it->first));
-          if (result == -EINPROGRESS) {
+          Trace("r%d unstick Return %016llx -> %lld", static_cast<int>(&s - slots_.data()),
+                static_cast<unsigned long long>(it->first), static_cast<long long>(result));
+          if (!Consumed(it->first)) {
+            if (result != -EINPROGRESS) Violation("Return() answered a live ticket without consuming it", it->first, result);
             ++it;
             continue;
           }
-          if (result == -EINVAL) Violation("a live ticket became EINVAL without being answered", it->first);
           Live l = it->second;
           uint64_t t = it->first;
           it = s.live.erase(it);
