@@ -35,6 +35,10 @@ absl::Status CheckRange(int fd, int64_t offset, uint64_t length) {
   return absl::OkStatus();
 }
 
+absl::Status ShutDownError() {
+  return absl::FailedPreconditionError("kaio: the service is shut down; it takes no new requests");
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Requester>> Requester::Create(Service& service) {
@@ -74,9 +78,7 @@ Requester::~Requester() {
 
 absl::StatusOr<Ticket> Requester::Submit(int fd, short opcode, void* buf, uint64_t nbytes, int64_t offset,
                                          uint64_t tag) {
-  if (!engine_.accepting()) {
-    return absl::FailedPreconditionError("kaio: the service is shut down; it takes no new requests");
-  }
+  if (!engine_.accepting()) return ShutDownError();
   uint32_t index = engine_.Claim(*mailbox_, tag);
   if (index == kNoSlot) {
     return absl::ResourceExhaustedError(
@@ -90,9 +92,17 @@ absl::StatusOr<Ticket> Requester::Submit(int fd, short opcode, void* buf, uint64
   slot.cb.u.c.nbytes = nbytes;
   slot.cb.u.c.offset = offset;
   uint32_t generation = WordGeneration(slot.word.load(std::memory_order_relaxed));
-  // Single writer (this thread): a load and a store, no read-modify-write. seq_cst orders it with
-  // Service::Shutdown's check of the counts.
-  mailbox_->accepted.store(mailbox_->accepted.load(std::memory_order_relaxed) + 1, std::memory_order_seq_cst);
+  // Count the request before the final check of accepting() (see Engine::accepting): a submit
+  // racing Service::Shutdown() is either refused here or waited for by Shutdown. Single writer (this
+  // thread): a load and a store, no read-modify-write.
+  const uint64_t accepted = mailbox_->accepted.load(std::memory_order_relaxed);
+  mailbox_->accepted.store(accepted + 1, std::memory_order_seq_cst);
+  if (!engine_.accepting()) {
+    mailbox_->accepted.store(accepted, std::memory_order_seq_cst);
+    engine_.NotifyAcceptedChanged();
+    engine_.Unclaim(index);
+    return ShutDownError();
+  }
   engine_.Enqueue(*token_, index);
   return Ticket(core::PackTicket(generation, index));
 }
@@ -303,14 +313,17 @@ int64_t Requester::Return(Ticket ticket) {
   if (WordState(word) != SlotState::kCompleted) return -EINPROGRESS;
   int64_t result = slot.result.load(std::memory_order_relaxed);
   uint64_t returned = core::PackWord(WordGeneration(word), SlotState::kReturned);
-  // Only this thread moves our slots out of kCompleted, so this cannot fail.
+  const bool in_local_list = slot.in_local_list;
+  // Only this thread moves our slots out of kCompleted, so a plain store is enough.
   slot.word.store(returned, std::memory_order_release);
-  if (!slot.in_local_list) mailbox_->Drain();  // brings it (or frees it) if it was delivered
-  if (slot.in_local_list) {
+  if (in_local_list) {
     mailbox_->Unlink(index);
     slots.Free(index, returned);
+    return result;
   }
-  // Otherwise its Deliver() has not pushed it yet; the next drain frees it.
+  // Still in the shared stack, or not even pushed yet: Drain() frees it if it is there, else a later
+  // drain will. Either way the slot may belong to another request from here on: do not touch it.
+  mailbox_->Drain();
   return result;
 }
 

@@ -194,8 +194,7 @@ class Run {
       rates.getevents_eintr = pm;
       rates.eventfd_read_eio = (f & 2) ? pm / 4 : 0;
       rates.setup_eagain = pm / 2;
-      // Known kaio bug: a short io_getevents loses completions (tests/fault_test.cc, *KnownBug*).
-      rates.getevents_short = env_.all_faults ? pm : 0;
+      rates.getevents_short = pm;
     }
     env_.sys.SetRandomFaults(in_.U64(), rates);
     before_ = service_->Stats();

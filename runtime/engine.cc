@@ -303,6 +303,11 @@ size_t Engine::registered_sinks() const {
   return sinks_.size();
 }
 
+void Engine::NotifyAcceptedChanged() {
+  std::lock_guard<std::mutex> lock(sinks_mu_);
+  drained_cv_.notify_all();
+}
+
 void Engine::Shutdown() {
   stopping_.store(true, std::memory_order_seq_cst);
   std::unique_lock<std::mutex> lock(sinks_mu_);
@@ -575,7 +580,9 @@ void Engine::ReapAvailable() {
     if (work_seq_.load(std::memory_order_seq_cst) & 1) {
       if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitter();
     }
-    if (got < options_.reap_batch) break;
+    // No early exit on a short batch: io_getevents may return fewer events than are ready, and the
+    // eventfd count that announced the rest is already consumed. Emptiness is the only exit (the
+    // ring is read in user space, so the final empty look costs no syscall).
   }
   reaping_.store(false, std::memory_order_seq_cst);
 }

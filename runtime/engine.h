@@ -83,7 +83,11 @@ class Engine {
   // Stops accepting requests (producers check accepting() first) and waits until every
   // registered sink has received every request it was accepted for.
   void Shutdown();
-  bool accepting() const { return !stopping_.load(std::memory_order_relaxed); }
+  // seq_cst: a producer counts a request in its sink's `accepted` (seq_cst) before it asks, and
+  // Shutdown sets stopping_ before it reads the counts, so either the producer sees the stop and
+  // takes its count back (then calls NotifyAcceptedChanged) or Shutdown sees the count and waits.
+  bool accepting() const { return !stopping_.load(std::memory_order_seq_cst); }
+  void NotifyAcceptedChanged();
 
   void RegisterSink(core::CompletionSink* sink);
   void UnregisterSink(core::CompletionSink* sink);
