@@ -59,6 +59,17 @@ double Median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
+// Round-by-round IOPS ratios against the kaio row (rounds are interleaved, so each pair ran close
+// together in time: the median of these is robust to slow drift in the machine's load).
+std::vector<double> PairedRatios(const EngineResult& r, const EngineResult* base) {
+  std::vector<double> ratios;
+  if (base == nullptr || base->round_iops.size() != r.round_iops.size()) return ratios;
+  for (size_t i = 0; i < r.round_iops.size(); ++i) {
+    if (base->round_iops[i] > 0) ratios.push_back(r.round_iops[i] / base->round_iops[i]);
+  }
+  return ratios;
+}
+
 }  // namespace
 
 void EngineResult::LatencyFromHistogram() {
@@ -183,8 +194,15 @@ void PrintTable(const Options& o, const Environment& env, const std::vector<Engi
       double median = Median(r.round_iops);
       double low = r.round_iops.empty() ? 0 : *std::min_element(r.round_iops.begin(), r.round_iops.end());
       double high = r.round_iops.empty() ? 0 : *std::max_element(r.round_iops.begin(), r.round_iops.end());
-      std::fprintf(out, "  %-12s %s  (IOPS spread %.0f%% of the median)\n", r.engine.c_str(), absl::StrJoin(parts, "  ").c_str(),
-                   median > 0 ? (high - low) / median * 100 : 0.0);
+      std::string paired;
+      std::vector<double> ratios = PairedRatios(r, base);
+      if (!ratios.empty() && &r != base) {
+        std::vector<std::string> rs;
+        for (double x : ratios) rs.push_back(absl::StrFormat("%.2f", x));
+        paired = absl::StrFormat("; IOPS/kaio by round %s, median %.2fx", absl::StrJoin(rs, " "), Median(ratios));
+      }
+      std::fprintf(out, "  %-12s %s  (IOPS spread %.0f%% of the median%s)\n", r.engine.c_str(),
+                   absl::StrJoin(parts, "  ").c_str(), median > 0 ? (high - low) / median * 100 : 0.0, paired.c_str());
     }
     std::fprintf(out, "\n");
   }
@@ -287,6 +305,13 @@ std::string ToJson(const Options& o, const Environment& env, const std::vector<E
       w.BeginArray("round_cpu_us_per_op");
       for (double v : r.round_cpu_per_op) w.Number("", v);
       w.EndArray();
+      std::vector<double> ratios = PairedRatios(r, base);
+      if (!ratios.empty()) {
+        w.BeginArray("round_iops_vs_kaio");
+        for (double v : ratios) w.Number("", v);
+        w.EndArray();
+        w.Number("median_round_iops_vs_kaio", Median(ratios));
+      }
     }
     w.Integer("io_errors", static_cast<int64_t>(r.io_errors));
     if (!r.first_io_error.empty()) w.String("first_io_error", r.first_io_error);
