@@ -286,6 +286,7 @@ struct LioGroup {
 struct Request {
   struct aiocb* cb = nullptr;
   Op op = Op::kNone;
+  uint32_t slot_flags = 0;  // core::SlotFlags for the engine
   int fd = -1;
   char* buf = nullptr;
   uint64_t nbytes = 0;
@@ -461,6 +462,30 @@ class Notifier {
   size_t idle_ = 0;
 };
 
+// ---------------------------------------------------------------- buffered writes the kernel refuses
+
+// The engine first offers every read and write to the kernel with RWF_NOWAIT and sends refusals to
+// its blocking pool. Some filesystems (ext4 among them) refuse every buffered write that way, so each
+// one would pay an io_submit, a kernel event and a reaper hand-off before reaching the pool. kaio
+// remembers, per descriptor number, that a buffered write was refused, and sends the next 255
+// buffered writes on that number straight to the pool; then it offers one to the kernel again (the
+// number may name another file by then). A wrong guess costs only speed, never correctness.
+class WriteRefusals {
+ public:
+  bool SkipKernel(int fd) {
+    std::atomic<uint8_t>& left = left_[static_cast<unsigned>(fd) & (kSize - 1)];
+    uint8_t n = left.load(std::memory_order_relaxed);
+    if (n == 0) return false;
+    left.store(static_cast<uint8_t>(n - 1), std::memory_order_relaxed);  // racy by design: a hint
+    return true;
+  }
+  void Refused(int fd) { left_[static_cast<unsigned>(fd) & (kSize - 1)].store(255, std::memory_order_relaxed); }
+
+ private:
+  static constexpr size_t kSize = 4096;
+  std::atomic<uint8_t> left_[kSize] = {};
+};
+
 // ---------------------------------------------------------------- the process-wide state
 
 class State;
@@ -565,6 +590,7 @@ class State {
   Sink sink_;
   Notifier notifier_;
   std::unique_ptr<Orderer> orderer_;
+  WriteRefusals write_refusals_;
 
   struct alignas(64) Counters {
     std::atomic<uint64_t> submitted{0}, ordered{0}, continued{0}, cancelled{0}, signals{0}, threads{0};
@@ -666,7 +692,7 @@ class Orderer {
         if (!state_.Done(dep)) return;
       }
       uint32_t generation = 0;
-      uint32_t index = state_.Prepare(head.req, 0, 0, kNoRoot, 0, &generation);
+      uint32_t index = state_.Prepare(head.req, head.req.slot_flags, 0, kNoRoot, 0, &generation);
       if (index == kNoSlot) {
         failed->push_back(head.req);
       } else {
@@ -777,6 +803,9 @@ int State::SubmitAiocb(struct aiocb* cb, Op op, LioGroup* group) {
     int flags = fcntl(req.fd, F_GETFL);
     errno = saved;
     ordered = flags >= 0 && (flags & O_APPEND) != 0;
+    if (flags >= 0 && (flags & O_DIRECT) == 0 && write_refusals_.SkipKernel(req.fd)) {
+      req.slot_flags |= core::kSlotForcePool;
+    }
   }
   MarkInProgress(cb);
   if (group != nullptr) group->pending.fetch_add(1, std::memory_order_relaxed);
@@ -794,7 +823,7 @@ int State::SubmitAiocb(struct aiocb* cb, Op op, LioGroup* group) {
 
 int State::SubmitNow(const Request& req) {
   uint32_t generation = 0;
-  uint32_t index = Prepare(req, 0, 0, kNoRoot, 0, &generation);
+  uint32_t index = Prepare(req, req.slot_flags, 0, kNoRoot, 0, &generation);
   if (index == kNoSlot) return EAGAIN;
   Launch(index);
   return 0;
@@ -898,6 +927,12 @@ void State::OnDeliver(uint32_t index) {
   }
   Op op = rec.op.load(std::memory_order_relaxed);
   uint64_t done = rec.done.load(std::memory_order_relaxed);
+  if (op == Op::kWrite && options_.service.fallback_threads > 0 &&
+      (slot.flags & (core::kSlotForcePool | core::kSlotForceKernel | core::kSlotNowait)) == 0) {
+    // Offered to the kernel with RWF_NOWAIT (the engine does for every write it may send to the
+    // pool) and refused: the engine cleared kSlotNowait and ran it in the pool.
+    write_refusals_.Refused(rec.fd.load(std::memory_order_relaxed));
+  }
   if (result > 0 && MayContinue(rec, op, done, result) && Continue(index, word, rec, done + result)) return;
   int64_t final_result = result;
   if (result >= 0) {

@@ -1069,8 +1069,10 @@ TEST_P(Conformance, ManyThreadsReadAndWrite) {
 
 // fork(): the child may use POSIX AIO; requests in flight in the parent are not the child's. kaio
 // answers -1/EINVAL for them in the child (POSIX: aio_error "may fail" with EINVAL for an aiocb that
-// is not an operation of the process); glibc's child sees the copied EINPROGRESS, and glibc's AIO
-// state in a child of a process with requests in flight is not usable, so only kaio's child submits.
+// is not an operation of the process) and starts a new service for the child's own requests. glibc's
+// AIO is not usable in such a child: even its aio_error takes an internal mutex that one of the
+// parent's helper threads may hold at fork time, and the child then hangs (seen in 2 of 20 runs), so
+// glibc's child only exits.
 TEST_P(Conformance, ForkChildStartsFresh) {
   if (kTsan) GTEST_SKIP() << "TSan does not support starting threads after a multithreaded fork";
   TempFile file(4096);
@@ -1082,15 +1084,13 @@ TEST_P(Conformance, ForkChildStartsFresh) {
   ASSERT_GE(child, 0);
   if (child == 0) {
     int code = 0;
-    int e = api().error(&parent_cb);
     if (kaio()) {
+      int e = api().error(&parent_cb);
       if (e != -1 || errno != EINVAL) code = 1;
       char cbuf[64];
       struct aiocb cb = MakeCb(file.fd(), cbuf, sizeof(cbuf), 0);
       if (api().read(&cb) != 0) code = 2;
       if (code == 0 && (!WaitDone(api(), &cb) || api().ret(&cb) != 64)) code = 3;
-    } else if (e != EINPROGRESS) {
-      code = 4;
     }
     _exit(code);
   }
