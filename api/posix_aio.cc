@@ -863,7 +863,8 @@ uint32_t State::Prepare(const Request& req, uint32_t flags, uint64_t done, uint3
 
 void State::Launch(uint32_t index) {
   // Many threads submit through this sink: a read-modify-write. Counted before the enqueue, as the
-  // engine requires.
+  // engine requires. The POSIX service is never shut down, so the refuse-after-counting handshake
+  // Requester::Submit does with Engine::accepting() is not needed here.
   sink_.accepted.fetch_add(1, std::memory_order_seq_cst);
   engine_.Enqueue(Token(), index);
 }
