@@ -97,7 +97,6 @@ struct Env {
   std::vector<std::unique_ptr<Service>> services;
   int direct_fd = -1, buffered_fd = -1, pipe_read = -1, pipe_write = -1, null_fd = -1;
   std::array<uint8_t*, kBuffers> buffers{};
-  bool all_faults = getenv("KAIO_FUZZ_ALL_FAULTS") != nullptr;
 
   Env() {
     const char* tmp = getenv("TEST_TMPDIR");

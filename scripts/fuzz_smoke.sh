@@ -14,12 +14,20 @@ output_base=${KAIO_FUZZ_OUTPUT_BASE:-$HOME/.cache/bazel-kaio-fuzz}
 artifacts=${KAIO_FUZZ_ARTIFACTS:-/tmp/kaio-fuzz-artifacts}
 bazel_startup=(--output_base="$output_base" --bazelrc=fuzz/libfuzzer.bazelrc)
 
+# The fuzz output base has its own Bazel server: stop it at the end (as .ci/run stops the main one),
+# unless KAIO_FUZZ_KEEP_SERVER=1 (repeated local runs start faster).
+work=
+cleanup() {
+  [ -z "$work" ] || rm -rf "$work"
+  [ "${KAIO_FUZZ_KEEP_SERVER:-0}" = 1 ] || bazel "${bazel_startup[@]}" shutdown >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
 command -v clang >/dev/null || { echo "fuzz_smoke: clang is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 bazel "${bazel_startup[@]}" build --curses=no --color=no --noshow_progress --config=libfuzzer //fuzz:api_fuzzer
 binary=$(bazel "${bazel_startup[@]}" info --config=libfuzzer bazel-bin 2>/dev/null)/fuzz/api_fuzzer
 
 work=$(mktemp -d /tmp/kaio-fuzz.XXXXXX)
-trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/corpus" "$artifacts"
 cp fuzz/corpus/* "$work/corpus/"
 echo "fuzz_smoke: $binary for ${seconds}s, artifacts in $artifacts"
@@ -30,8 +38,10 @@ TEST_TMPDIR=$work "$binary" -max_total_time="$seconds" -timeout=60 -rss_limit_mb
   -print_final_stats=1 -artifact_prefix="$artifacts/" "$work/corpus" >"$work/log" 2>&1
 status=$?
 set -e
-# libFuzzer's progress lines, thinned: the first and last few, any report, and the final stats.
-grep -v -E '^#[0-9]+.*(NEW|REDUCE|pulse)' "$work/log" | tail -n 60
+# libFuzzer's output, thinned: no progress lines and no io_setup EAGAIN notices (injected faults; counted
+# instead), leaving any report and the final stats.
+echo "fuzz_smoke: $(grep -c '^kaio: io_setup(' "$work/log" || true) injected io_setup failures reported by kaio"
+grep -v -E '^#[0-9]+.*(NEW|REDUCE|pulse)|^kaio: io_setup\(' "$work/log" | tail -n 60
 if [ "$status" -ne 0 ]; then
   echo "fuzz_smoke: FAILED (exit $status); inputs in $artifacts" >&2
   exit "$status"

@@ -81,8 +81,7 @@ struct Options {
   int64_t wait_timeout_ms = 30000;
   bool verbose = false;
   // Take finished results with Return() (after WaitAll/WaitAny, and on random live tickets). Off: they
-  // are collected by Poll/Wait instead, which avoids a known kaio race in Requester::Return (a slot
-  // freed by its Drain and reused by another thread is read again); see stress/BUILD.bazel.
+  // are collected by Poll/Wait only (to tell a Return() problem from others).
   bool use_return = true;
 };
 
@@ -592,6 +591,7 @@ class Worker {
                     found.writer, static_cast<unsigned long long>(found.sequence), b.possible.back().writer,
                     static_cast<unsigned long long>(b.possible.back().sequence));
       Fail(text, &op, kBlockSize);
+      b.possible.assign(1, found);  // report each loss once, not again on every later read
       return false;
     }
     b.possible.assign(1, found);
