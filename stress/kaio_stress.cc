@@ -606,7 +606,7 @@ class Worker {
     const bool is_read = op.kind == Kind::kRead || op.kind == Kind::kReadv;
     if (result == -ECANCELED) {
       if (!op.cancel_said_canceled && !op.maybe_cancelled) Fail("ECANCELED but no Cancel said kCanceled", &op, result);
-      if (op.cancel_said_running) Fail("ECANCELED after Cancel said kNotCanceled", &op, result);
+      if (op.cancel_said_running && !op.maybe_cancelled) Fail("ECANCELED after Cancel said kNotCanceled", &op, result);
       s_.totals.cancelled_results.fetch_add(1, std::memory_order_relaxed);
       // A cancelled write never ran: the block keeps what it had.
     } else if (op.cancel_said_canceled) {
@@ -829,8 +829,10 @@ class Worker {
     if ((Rand() & 15) == 0) {
       // CancelAll over one file: every request of ours on it may end cancelled.
       int file = RandBelow(static_cast<int>(s_.fds.size()));
+      // (Even one an earlier Cancel said kNotCanceled for: a buffered request the kernel refused with
+      // RWF_NOWAIT goes back to the pool's queue, where it can be cancelled after all.)
       for (Op& op : ops_) {
-        if (op.active && op.fd == s_.fds[file] && !op.cancel_said_running) op.maybe_cancelled = true;
+        if (op.active && op.fd == s_.fds[file]) op.maybe_cancelled = true;
       }
       s_.totals.cancel_all_calls.fetch_add(1, std::memory_order_relaxed);
       requester_->CancelAll(s_.fds[file]);
@@ -863,7 +865,7 @@ class Worker {
         if (op.cancel_said_canceled || op.cancel_said_done) {
           Fail("Cancel said kNotCanceled after an earlier kCanceled or kAllDone", &op, 0);
         }
-        if (!op.maybe_cancelled) op.cancel_said_running = true;
+        op.cancel_said_running = true;
         break;
       case CancelResult::kAllDone:
         // Finished: with its real result, or cancelled if an earlier Cancel said kCanceled.
