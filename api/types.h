@@ -53,7 +53,7 @@ struct ServiceOptions {
   int submit_batch = 64;
   int reap_batch = 64;
   // Most requests alive at once (submitted and not yet consumed). Slots are allocated in chunks of
-  // 1024 as needed, never per request; past this, submission answers RESOURCE_EXHAUSTED.
+  // 1024 as needed, never per request; past this (exactly), submission answers RESOURCE_EXHAUSTED.
   int max_requests = 1 << 20;
   // Blocking workers for what kernel AIO would run synchronously (buffered misses, pipes, sockets).
   // Started lazily; 0 means such requests block the submitter instead (not recommended).

@@ -1,9 +1,12 @@
 #include "core/slot.h"
 
+#include <algorithm>
+
 namespace kaio::core {
 
 SlotTable::SlotTable(uint32_t max_slots)
-    : max_chunks_((max_slots + kChunkSize - 1) / kChunkSize),
+    : max_slots_(max_slots),
+      max_chunks_((max_slots + kChunkSize - 1) / kChunkSize),
       chunks_(new std::atomic<Slot*>[max_chunks_]) {
   for (uint32_t i = 0; i < max_chunks_; ++i) chunks_[i].store(nullptr, std::memory_order_relaxed);
 }
@@ -64,18 +67,20 @@ uint32_t SlotTable::Grow() {
   std::lock_guard<std::mutex> lock(grow_mu_);
   // Another thread may have grown the table, or released slots, while we waited for the lock.
   if (uint32_t index = TryPop(); index != kNoSlot) return index;
-  uint32_t chunk = allocated_.load(std::memory_order_relaxed) >> kChunkBits;
-  if (chunk >= max_chunks_) return kNoSlot;
+  uint32_t base = allocated_.load(std::memory_order_relaxed);
+  uint32_t chunk = base >> kChunkBits;
+  if (base >= max_slots_ || chunk >= max_chunks_) return kNoSlot;
+  // The last chunk may be only partly usable: exactly max_slots slots ever exist.
+  uint32_t usable = std::min(kChunkSize, max_slots_ - base);
   Slot* slots = new Slot[kChunkSize];
-  uint32_t base = chunk << kChunkBits;
   for (uint32_t i = 0; i < kChunkSize; ++i) {
     slots[i].word.store(PackWord(1, SlotState::kFree), std::memory_order_relaxed);
   }
   // release: a thread that sees the new allocated_ count (acquire) also sees the initialised chunk.
   chunks_[chunk].store(slots, std::memory_order_release);
-  allocated_.store(base + kChunkSize, std::memory_order_release);
+  allocated_.store(base + usable, std::memory_order_release);
   // Keep the first slot for the caller; the others go to the free stack.
-  for (uint32_t i = kChunkSize - 1; i >= 1; --i) Release(base + i);
+  for (uint32_t i = usable - 1; i >= 1; --i) Release(base + i);
   return base;
 }
 

@@ -114,6 +114,7 @@ class SlotTable {
   uint32_t TryPop();
   uint32_t Grow();
 
+  const uint32_t max_slots_;
   const uint32_t max_chunks_;
   std::unique_ptr<std::atomic<Slot*>[]> chunks_;
   std::atomic<uint32_t> allocated_{0};

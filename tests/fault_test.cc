@@ -2,9 +2,8 @@
 // issue: each fault ends in a clear error on the affected request or in a retry; never a hang, a crash
 // or a lost request. Every wait below has a deadline, so a hang fails the test instead of stalling it.
 //
-// Two of these found real bugs, fixed since: a short io_getevents batch made the reaper stop with
-// events still in the ring (FewerEventsThanReady...), and a submit racing Shutdown() could be
-// neither refused nor waited for (SubmitRacingShutdown...).
+// FewerEventsThanReady... found a real bug, fixed since: a short io_getevents batch made the reaper
+// stop with events still in the ring. SubmitRacingShutdown... guards a race found by reading the code.
 #include <errno.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -415,7 +414,7 @@ TEST(FaultSetup, PersistentEagainStillCompletesReadsAndWrites) {
 
 // ---------------------------------------------------------------- shutdown racing submissions
 
-// Regression (found by this test): Submit checked accepting() before it counted the request in its
+// Guard (the race was found by reading the code; no run reproduced it): Submit checked accepting() before it counted the request in its
 // mailbox's `accepted`, so a Submit that passed the check just before Shutdown() set stopping_, and
 // counted just after Shutdown() compared the counters, got a ticket for a request still in flight after
 // Shutdown() returned. Now Submit counts first, then checks (a seq_cst Dekker pair with Shutdown),
