@@ -74,6 +74,8 @@ struct alignas(64) Slot {
   // it from any thread while a stale ticket's slot is being reused; the word orders it.
   std::atomic<int64_t> result{0};
   uint64_t tag = 0;
+  // Bytes a RWF_NOWAIT attempt already moved before the rest went to the pool (reaper, then worker).
+  uint64_t partial = 0;
   // Where the completion goes; outlives the request. Atomic for the same reason as result.
   std::atomic<CompletionSink*> sink{nullptr};
 };

@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -174,6 +175,7 @@ uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
   slot.cb.data = reinterpret_cast<void*>(static_cast<uintptr_t>(index));
   io_set_eventfd(&slot.cb, kernel_efd_);
   slot.flags = 0;
+  slot.partial = 0;
   slot.tag = tag;
   slot.result.store(0, std::memory_order_relaxed);
   slot.sink.store(&sink, std::memory_order_relaxed);
@@ -248,8 +250,11 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
       case SlotState::kClaimed:
       case SlotState::kReturned:
         return absl::InvalidArgumentError("kaio: stale or unknown ticket (EINVAL)");
-      case SlotState::kQueued:
       case SlotState::kPoolQueued:
+        // The rest of a partial RWF_NOWAIT result: data already moved, it cannot be undone.
+        if (slot.partial > 0) return CancelResult::kNotCanceled;
+        [[fallthrough]];
+      case SlotState::kQueued:
         // Whoever holds it (submitter or pool) completes it with ECANCELED instead of running it.
         // acq_rel: the holder's CAS out of kQueued fails and it sees our state.
         if (slot.word.compare_exchange_weak(word, core::PackWord(generation, SlotState::kCancelledQueued),
@@ -614,7 +619,31 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
     }
     return;
   }
+  if ((slot.flags & core::kSlotNowait) && result > 0 && StoppedShort(slot.cb, result)) {
+    // The non-blocking attempt moved only part (a pipe's capacity, the cached prefix of a file): the
+    // blocking call would have done it all, so the pool finishes the rest.
+    slot.partial += static_cast<uint64_t>(result);
+    slot.cb.u.c.buf = static_cast<char*>(slot.cb.u.c.buf) + result;
+    slot.cb.u.c.nbytes -= static_cast<uint64_t>(result);
+    slot.cb.u.c.offset += result;
+    slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
+    slot.flags &= ~core::kSlotNowait;
+    if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
+                                          std::memory_order_acq_rel)) {
+      PoolPush(index);
+    }
+    return;
+  }
   Complete(index, SlotState::kInKernel, result);
+}
+
+bool Engine::StoppedShort(const struct iocb& cb, int64_t result) {
+  if (static_cast<uint64_t>(result) >= cb.u.c.nbytes) return false;
+  if (cb.aio_lio_opcode == IO_CMD_PWRITE) return true;
+  if (cb.aio_lio_opcode != IO_CMD_PREAD) return false;  // vectored: left as it is (see the notes)
+  // A short read of a pipe or socket is its real answer; of a regular file, only at end of file.
+  struct stat st;
+  return fstat(cb.aio_fildes, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
 }
 
 // ---------------------------------------------------------------- fallback pool
@@ -653,6 +682,10 @@ void Engine::PoolLoop() {
                                           std::memory_order_acq_rel)) {
       counters_.pool_running.fetch_add(1, std::memory_order_relaxed);
       int64_t result = RunBlocking(slot.cb);
+      if (slot.partial > 0) {
+        // What the kernel already moved counts; an error on the rest is a short result, as write(2).
+        result = result >= 0 ? result + static_cast<int64_t>(slot.partial) : static_cast<int64_t>(slot.partial);
+      }
       counters_.pool_running.fetch_sub(1, std::memory_order_relaxed);
       Complete(index, SlotState::kPoolRunning, result);
     } else {

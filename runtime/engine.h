@@ -112,6 +112,7 @@ class Engine {
   void ReaperLoop();
   void ReapAvailable();
   void RouteKernelResult(uint32_t index, int64_t result);
+  static bool StoppedShort(const struct iocb& cb, int64_t result);
 
   void PoolPush(uint32_t index);
   void PoolLoop();

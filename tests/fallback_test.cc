@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -113,6 +114,53 @@ TEST(Fallback, ColdBufferedFileGivesTheSameBytesAsPreadAndPwrite) {
   std::vector<char> back(7000);
   ASSERT_EQ(pread(file.fd(), back.data(), back.size(), 3 * kBlock + 17), 7000);
   EXPECT_EQ(back, out);
+}
+
+// Regression: the non-blocking first attempt wrote what fit in the pipe (64 KiB) and that was
+// delivered as the result; a blocking write(2) writes it all.
+TEST(Fallback, LargePipeWriteCompletesInFull) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto requester = Requester::Create(**service);
+  ASSERT_TRUE(requester.ok());
+  Pipe p;
+  std::string data(1 << 20, 'x');
+  std::atomic<size_t> drained{0};
+  std::thread reader([&] {
+    std::vector<char> buf(1 << 16);
+    while (drained.load() < data.size()) {
+      ssize_t n = read(p.fds[0], buf.data(), buf.size());
+      if (n <= 0) break;
+      drained += static_cast<size_t>(n);
+    }
+  });
+  auto t = (*requester)->Write(p.fds[1], data.data(), data.size(), 0);
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE((*requester)->WaitAll({*t}, absl::Seconds(20)).ok());
+  EXPECT_EQ((*requester)->Return(*t), static_cast<int64_t>(data.size()));
+  reader.join();
+  EXPECT_EQ(drained.load(), data.size());
+}
+
+// Regression: a buffered read of a file whose first pages only are cached stopped at the first
+// uncached page under RWF_NOWAIT, and that short count was delivered although the file goes on.
+TEST(Fallback, PartlyCachedReadCompletesInFull) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto requester = Requester::Create(**service);
+  ASSERT_TRUE(requester.ok());
+  TempFile file(256 * kBlock);
+  ASSERT_EQ(fdatasync(file.fd()), 0);
+  ASSERT_EQ(posix_fadvise(file.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
+  char first[kBlock];
+  ASSERT_EQ(pread(file.fd(), first, kBlock, 0), static_cast<ssize_t>(kBlock));  // cache the first page
+  std::vector<char> got(256 * kBlock), want(256 * kBlock);
+  auto t = (*requester)->Read(file.fd(), got.data(), got.size(), 0);
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE((*requester)->WaitAll({*t}, absl::Seconds(20)).ok());
+  EXPECT_EQ((*requester)->Return(*t), static_cast<int64_t>(got.size()));
+  ASSERT_EQ(pread(file.fd(), want.data(), want.size(), 0), static_cast<ssize_t>(want.size()));
+  EXPECT_EQ(got, want);
 }
 
 TEST(Fallback, SocketPairWorksInBothDirections) {
