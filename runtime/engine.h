@@ -108,6 +108,7 @@ class Engine {
   void MaybeReleaseContext(absl::Time now);
   void WaitForWork(absl::Time deadline);
   void WakeSubmitter();
+  void WakeSubmitterOnce();
 
   void ReaperLoop();
   void ReapAvailable();
