@@ -2,7 +2,7 @@
 # An unmodified real client: Debian's fio, --ioengine=posixaio, with LD_PRELOAD=libkaio_posix.so,
 # writes and verifies (crc32c) at iodepth 1 and 64, O_DIRECT (kernel AIO) and buffered (kaio's
 # blocking pool), and must report no error. KAIO_POSIX_STATS shows that kaio served the requests.
-# Usage: fio_preload_test.sh <libkaio_posix.so>
+# Usage: fio_preload_test.sh <libkaio_posix.so> <stress/tsan_suppressions.txt>
 set -euo pipefail
 so=$(realpath "$1")
 tmp=${TEST_TMPDIR:-$(mktemp -d)}
@@ -14,7 +14,11 @@ preload="${runtime:+$runtime:}$so"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-}:detect_leaks=0
 # fio 3.33's own races at exit (its helper thread against options_free and fio_sem_remove in the
 # main thread): not kaio's, and named exactly. Any other report fails the run (exit code 66).
+# The project's third-party entries (moodycamel's fence-ordered block reuse) are compiled into our own
+# binaries, but TSan reads __tsan_default_suppressions from the executable, and fio is not ours, so
+# they are passed here as a file too.
 printf 'race:^options_free$\nrace:^fio_sem_remove$\n' > "$tmp/fio_tsan.supp"
+cat "$2" >> "$tmp/fio_tsan.supp"
 export TSAN_OPTIONS=${TSAN_OPTIONS:-}:suppressions=$tmp/fio_tsan.supp:exitcode=66
 
 run() {  # run <name> <fio args...>
