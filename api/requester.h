@@ -78,7 +78,9 @@ class Requester {
 
   // ---- Cancellation. Queued requests never start and complete with ECANCELED (kCanceled);
   // requests the kernel or a worker already runs are kNotCanceled and deliver their real result;
-  // finished ones are kAllDone. INVALID_ARGUMENT for a stale ticket.
+  // finished ones are kAllDone. INVALID_ARGUMENT for a stale ticket. The answer is true when given:
+  // a buffered request the kernel turns down (nothing moved) returns to the pool's queue, so a later
+  // Cancel may say kCanceled after an earlier kNotCanceled; kCanceled and kAllDone never change.
   absl::StatusOr<CancelResult> Cancel(Ticket ticket);
   // Every outstanding request of this requester on fd: kNotCanceled if any could not be cancelled,
   // else kCanceled if any was, else kAllDone.

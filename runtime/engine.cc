@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -72,6 +73,8 @@ bool IsReadOrWrite(short opcode) {
   return opcode == IO_CMD_PREAD || opcode == IO_CMD_PWRITE || opcode == IO_CMD_PREADV ||
          opcode == IO_CMD_PWRITEV;
 }
+
+bool IsVectored(short opcode) { return opcode == IO_CMD_PREADV || opcode == IO_CMD_PWRITEV; }
 
 absl::Status NameAndPin(std::thread& thread, const std::string& name, int cpu) {
   std::string short_name = name.substr(0, 15);  // the kernel keeps 15 characters
@@ -627,10 +630,13 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
   }
   if ((slot.flags & core::kSlotNowait) && result > 0 && StoppedShort(slot.cb, result)) {
     // The non-blocking attempt moved only part (a pipe's capacity, the cached prefix of a file): the
-    // blocking call would have done it all, so the pool finishes the rest.
+    // blocking call would have done it all, so the pool finishes the rest. A vectored request keeps
+    // the caller's iovec array untouched; the worker skips the first `partial` bytes of it.
     slot.partial += static_cast<uint64_t>(result);
-    slot.cb.u.c.buf = static_cast<char*>(slot.cb.u.c.buf) + result;
-    slot.cb.u.c.nbytes -= static_cast<uint64_t>(result);
+    if (!IsVectored(slot.cb.aio_lio_opcode)) {
+      slot.cb.u.c.buf = static_cast<char*>(slot.cb.u.c.buf) + result;
+      slot.cb.u.c.nbytes -= static_cast<uint64_t>(result);
+    }
     slot.cb.u.c.offset += result;
     slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
     slot.flags &= ~core::kSlotNowait;
@@ -644,9 +650,9 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
 }
 
 bool Engine::StoppedShort(const struct iocb& cb, int64_t result) {
-  if (static_cast<uint64_t>(result) >= cb.u.c.nbytes) return false;
-  if (cb.aio_lio_opcode == IO_CMD_PWRITE) return true;
-  if (cb.aio_lio_opcode != IO_CMD_PREAD) return false;  // vectored: left as it is (see the notes)
+  if (static_cast<uint64_t>(result) >= RequestBytes(cb)) return false;
+  if (cb.aio_lio_opcode == IO_CMD_PWRITE || cb.aio_lio_opcode == IO_CMD_PWRITEV) return true;
+  if (cb.aio_lio_opcode != IO_CMD_PREAD && cb.aio_lio_opcode != IO_CMD_PREADV) return false;
   // A short read of a pipe or socket is its real answer; of a regular file, only at end of file.
   struct stat st;
   return fstat(cb.aio_fildes, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
@@ -687,7 +693,7 @@ void Engine::PoolLoop() {
         slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolRunning),
                                           std::memory_order_acq_rel)) {
       counters_.pool_running.fetch_add(1, std::memory_order_relaxed);
-      int64_t result = RunBlocking(slot.cb);
+      int64_t result = RunBlocking(slot.cb, slot.partial);
       if (slot.partial > 0) {
         // What the kernel already moved counts; an error on the rest is a short result, as write(2).
         result = result >= 0 ? result + static_cast<int64_t>(slot.partial) : static_cast<int64_t>(slot.partial);
@@ -701,12 +707,33 @@ void Engine::PoolLoop() {
   }
 }
 
-int64_t Engine::RunBlocking(const struct iocb& cb) {
+uint64_t Engine::RequestBytes(const struct iocb& cb) {
+  if (!IsVectored(cb.aio_lio_opcode)) return cb.u.c.nbytes;
+  const auto* iov = static_cast<const struct iovec*>(cb.u.c.buf);
+  uint64_t total = 0;
+  for (uint64_t i = 0; i < cb.u.c.nbytes; ++i) total += iov[i].iov_len;
+  return total;
+}
+
+int64_t Engine::RunBlocking(const struct iocb& cb, uint64_t vectored_skip) {
   const int fd = cb.aio_fildes;
   void* buf = cb.u.c.buf;
   const long long offset = cb.u.c.offset;
   const auto* iov = static_cast<const struct iovec*>(buf);
-  const int iovcnt = static_cast<int>(cb.u.c.nbytes);
+  int iovcnt = static_cast<int>(cb.u.c.nbytes);
+  std::vector<struct iovec> rest;  // the pool's slow path: one allocation for a resumed vectored request
+  if (IsVectored(cb.aio_lio_opcode) && vectored_skip > 0) {
+    for (int i = 0; i < iovcnt; ++i) {
+      if (vectored_skip >= iov[i].iov_len) {
+        vectored_skip -= iov[i].iov_len;
+        continue;
+      }
+      rest.push_back({static_cast<char*>(iov[i].iov_base) + vectored_skip, iov[i].iov_len - vectored_skip});
+      vectored_skip = 0;
+    }
+    iov = rest.data();
+    iovcnt = static_cast<int>(rest.size());
+  }
   ssize_t n = -1;
   while (true) {
     switch (cb.aio_lio_opcode) {

@@ -117,7 +117,10 @@ class Engine {
 
   void PoolPush(uint32_t index);
   void PoolLoop();
-  static int64_t RunBlocking(const struct iocb& cb);
+  // Runs the request on the calling thread; a vectored one resumes `vectored_skip` bytes in.
+  static int64_t RunBlocking(const struct iocb& cb, uint64_t vectored_skip);
+  // Bytes the request asks for (the sum of the iovec lengths for a vectored one).
+  static uint64_t RequestBytes(const struct iocb& cb);
 
   const ServiceOptions options_;
   core::Syscalls& sys_;

@@ -163,6 +163,61 @@ TEST(Fallback, PartlyCachedReadCompletesInFull) {
   EXPECT_EQ(got, want);
 }
 
+// The vectored twins: a short RWF_NOWAIT writev (pipe capacity) or readv (cached prefix) was
+// delivered as the final result; the pool resumes inside the caller's iovec array instead.
+TEST(Fallback, LargePipeWritevCompletesInFull) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto requester = Requester::Create(**service);
+  ASSERT_TRUE(requester.ok());
+  Pipe p;
+  std::string data(1 << 20, 'x');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>('a' + i % 23);
+  std::string received;
+  std::thread reader([&] {
+    std::vector<char> buf(1 << 16);
+    while (received.size() < data.size()) {
+      ssize_t n = read(p.fds[0], buf.data(), buf.size());
+      if (n <= 0) break;
+      received.append(buf.data(), static_cast<size_t>(n));
+    }
+  });
+  // Uneven pieces, so the resume point falls inside one of them.
+  const size_t cuts[] = {0, 1000, 70000, 300001, data.size()};
+  struct iovec iov[4];
+  for (int i = 0; i < 4; ++i) iov[i] = {data.data() + cuts[i], cuts[i + 1] - cuts[i]};
+  auto t = (*requester)->Writev(p.fds[1], iov, 4, 0);
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE((*requester)->WaitAll({*t}, absl::Seconds(20)).ok());
+  EXPECT_EQ((*requester)->Return(*t), static_cast<int64_t>(data.size()));
+  p.CloseWrite();  // the reader sees end of file even if the write stopped short
+  reader.join();
+  EXPECT_TRUE(received == data) << "received " << received.size() << " bytes, not the bytes written";
+}
+
+TEST(Fallback, PartlyCachedReadvCompletesInFull) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto requester = Requester::Create(**service);
+  ASSERT_TRUE(requester.ok());
+  TempFile file(256 * kBlock);
+  ASSERT_EQ(fdatasync(file.fd()), 0);
+  ASSERT_EQ(posix_fadvise(file.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
+  char first[kBlock];
+  ASSERT_EQ(pread(file.fd(), first, kBlock, 0), static_cast<ssize_t>(kBlock));  // cache the first page
+  std::vector<char> got(256 * kBlock), want(256 * kBlock);
+  const size_t cuts[] = {0, 100, kBlock + 7, 100 * kBlock, got.size()};
+  struct iovec iov[4];
+  for (int i = 0; i < 4; ++i) iov[i] = {got.data() + cuts[i], cuts[i + 1] - cuts[i]};
+  auto t = (*requester)->Readv(file.fd(), iov, 4, 0);
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE((*requester)->WaitAll({*t}, absl::Seconds(20)).ok());
+  EXPECT_EQ((*requester)->Return(*t), static_cast<int64_t>(got.size()));
+  ASSERT_EQ(pread(file.fd(), want.data(), want.size(), 0), static_cast<ssize_t>(want.size()));
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(iov[1].iov_base, got.data() + 100) << "the caller's iovec array was changed";
+}
+
 TEST(Fallback, SocketPairWorksInBothDirections) {
   auto service = Service::Create({});
   ASSERT_TRUE(service.ok());
