@@ -41,21 +41,23 @@ absl::Status ShutDownError() {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Requester>> Requester::Create(Service& service) {
+absl::StatusOr<std::unique_ptr<Requester>> Requester::Create(Service& service, const RequesterOptions& options) {
   absl::StatusOr<core::Mailbox*> mailbox = service.TakeMailbox();
   if (!mailbox.ok()) return mailbox.status();
-  return std::unique_ptr<Requester>(new Requester(service, *mailbox));
+  return std::unique_ptr<Requester>(new Requester(service, *mailbox, options));
 }
 
-Requester::Requester(Service& service, core::Mailbox* mailbox)
+Requester::Requester(Service& service, core::Mailbox* mailbox, const RequesterOptions& options)
     : service_(service),
       engine_(service.engine()),
       mailbox_(mailbox),
-      token_(engine_.NewProducerToken()) {
+      token_(engine_.NewProducerToken()),
+      inline_io_(options.inline_io) {
   engine_.RegisterSink(mailbox_);
 }
 
 Requester::~Requester() {
+  Flush();
   // The buffers of outstanding requests are the caller's: wait until all of them are back.
   while (mailbox_->delivered.load(std::memory_order_seq_cst) != mailbox_->accepted.load(std::memory_order_relaxed)) {
     mailbox_->Arm();
@@ -103,7 +105,11 @@ absl::StatusOr<Ticket> Requester::Submit(int fd, short opcode, void* buf, uint64
     engine_.Unclaim(index);
     return ShutDownError();
   }
-  engine_.Enqueue(*token_, index);
+  if (inline_io_) {
+    if (engine_.EnqueueDeferred(*token_, index)) flush_pending_ = true;
+  } else {
+    engine_.Enqueue(*token_, index);
+  }
   return Ticket(core::PackTicket(generation, index));
 }
 
@@ -175,7 +181,20 @@ size_t Requester::TakeLocal(absl::Span<Completion> out) {
   return n;
 }
 
+void Requester::Flush() {
+  if (!flush_pending_) return;
+  flush_pending_ = false;
+  engine_.SubmitInline(*token_);
+}
+
+void Requester::PumpInline() {
+  if (!inline_io_) return;
+  Flush();
+  engine_.ReapInline();
+}
+
 size_t Requester::Poll(absl::Span<Completion> out) {
+  PumpInline();
   size_t n = TakeLocal(out);
   if (n < out.size()) {
     mailbox_->Drain();
@@ -235,6 +254,7 @@ absl::Status Requester::WaitAll(absl::Span<const Ticket> tickets, absl::Duration
   absl::Time deadline = absl::Now() + timeout;
   size_t next = 0;  // tickets before `next` are known to be finished
   while (true) {
+    PumpInline();
     while (next < tickets.size() && Finished(tickets[next])) ++next;
     if (next == tickets.size()) break;
     mailbox_->Arm();
@@ -259,6 +279,7 @@ absl::StatusOr<size_t> Requester::WaitAny(absl::Span<const Ticket> tickets, absl
   absl::Time deadline = absl::Now() + timeout;
   bool armed = false;
   while (true) {
+    PumpInline();
     for (size_t i = 0; i < tickets.size(); ++i) {
       if (Finished(tickets[i])) {
         DisarmUnlessNotifying();

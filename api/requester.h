@@ -5,6 +5,14 @@
 // be called from any thread. Nothing blocks unless its name says Wait (the destructor waits too).
 // Submission makes no syscall and takes no lock unless the service's submitter sleeps.
 //
+// Inline I/O (RequesterOptions::inline_io), for threads that poll (an event loop, a loop around
+// Wait): instead of waking the service's threads, the requester's own thread submits its queued
+// requests (one io_submit for the lot) and reaps finished ones when it calls Poll, Wait, WaitAll,
+// WaitAny or Flush, whenever the service's submitter and reaper are idle. Requests then move only
+// when this thread calls one of those: call Flush() before blocking anywhere else (epoll_wait on
+// the notify fd, say). Those calls may then make the io_submit syscall or hand a request to the
+// blocking pool, but they never sleep unless their name says Wait.
+//
 // Ownership: buffers and iovec arrays belong to the caller and must stay valid until the request's
 // completion has been consumed. Destroying a Requester waits for its outstanding requests.
 //
@@ -39,9 +47,14 @@ struct ProducerToken;
 
 namespace kaio {
 
+struct RequesterOptions {
+  // See "Inline I/O" above. Off: every request is handed to the service's threads at once.
+  bool inline_io = false;
+};
+
 class Requester {
  public:
-  static absl::StatusOr<std::unique_ptr<Requester>> Create(Service& service);
+  static absl::StatusOr<std::unique_ptr<Requester>> Create(Service& service, const RequesterOptions& options = {});
   ~Requester();
   Requester(const Requester&) = delete;
   Requester& operator=(const Requester&) = delete;
@@ -53,6 +66,10 @@ class Requester {
   absl::StatusOr<Ticket> Writev(int fd, const struct iovec* iov, int iovcnt, int64_t offset, uint64_t tag = 0);
   absl::StatusOr<Ticket> Fsync(int fd, uint64_t tag = 0);
   absl::StatusOr<Ticket> Fdatasync(int fd, uint64_t tag = 0);
+
+  // With inline_io: submits what this requester queued since the last Poll/Wait/Flush, on this
+  // thread when the service's submitter sleeps (else hands it to the submitter). Without: nothing.
+  void Flush();
 
   // ---- Collecting completions (each consumes its ticket).
   // Non-blocking: up to out.size() completions, oldest first.
@@ -94,7 +111,9 @@ class Requester {
   uint64_t in_flight() const;
 
  private:
-  Requester(Service& service, core::Mailbox* mailbox);
+  Requester(Service& service, core::Mailbox* mailbox, const RequesterOptions& options);
+  // inline_io: flush, then reap what the kernel finished (for every requester) on this thread.
+  void PumpInline();
   absl::StatusOr<Ticket> Submit(int fd, short opcode, void* buf, uint64_t nbytes, int64_t offset, uint64_t tag);
   absl::StatusOr<Ticket> SubmitVector(int fd, short opcode, const struct iovec* iov, int iovcnt, int64_t offset, uint64_t tag);
   size_t TakeLocal(absl::Span<Completion> out);
@@ -108,6 +127,8 @@ class Requester {
   core::Mailbox* mailbox_;
   std::unique_ptr<moodycamel::ProducerToken> token_;
   bool notify_mode_ = false;
+  const bool inline_io_;
+  bool flush_pending_ = false;  // inline_io: requests queued while the submitter sleeps
 };
 
 }  // namespace kaio

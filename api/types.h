@@ -85,6 +85,8 @@ struct ServiceStats {
   uint64_t pool_threads = 0;        // fallback threads started so far
   uint64_t pool_running = 0;        // requests a fallback thread is running right now
   uint64_t queue_block_allocations = 0;  // memory blocks the request queues allocated (process-wide)
+  uint64_t inline_submitted = 0;    // of kernel_submitted: submitted on an inline_io requester's thread
+  uint64_t inline_reaped = 0;       // kernel completions reaped on an inline_io requester's thread
 };
 
 }  // namespace kaio

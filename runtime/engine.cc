@@ -142,6 +142,7 @@ Engine::Engine(const ServiceOptions& options, core::Syscalls& sys, int submit_ef
       kernel_efd_(kernel_efd),
       reaper_token_(std::make_unique<ProducerToken>(queue_)),
       submit_iocbs_(static_cast<size_t>(options.submit_batch)),
+      inline_batch_(static_cast<size_t>(options.submit_batch)),
       last_kernel_activity_(absl::Now()),
       reap_events_(static_cast<size_t>(options.reap_batch)) {}
 
@@ -214,6 +215,74 @@ void Engine::WakeSubmitterOnce() {
 void Engine::WakeSubmitter() {
   int rc = sys_.EventFdWrite(submit_efd_, 1);
   (void)rc;  // EAGAIN means the counter is saturated, i.e. already readable.
+}
+
+// ---------------------------------------------------------------- inline I/O
+
+bool Engine::EnqueueDeferred(ProducerToken& token, uint32_t index) {
+  core::Slot& slot = slots_.at(index);
+  uint64_t word = slot.word.load(std::memory_order_relaxed);
+  slot.word.store(core::PackWord(WordGeneration(word), SlotState::kQueued), std::memory_order_release);
+  if (!queue_.enqueue(token, index)) {
+    Complete(index, SlotState::kQueued, -ENOMEM);
+    return false;
+  }
+  // The same add as Enqueue: a submitter on its way to sleep sees it and drains again. Only the
+  // wake-up is left to the caller's SubmitInline.
+  return (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) != 0;
+}
+
+void Engine::SubmitInline(ProducerToken& token) {
+  // The submit role is taken by the submitter thread (then it is awake and drains everything) or
+  // by another inline caller (which drains only its own token's requests): either way, ours need
+  // the submitter thread, so wake it if it sleeps.
+  if (submit_role_.exchange(true, std::memory_order_acquire)) {
+    WakeSubmitterOnce();
+    return;
+  }
+  if (context_.load(std::memory_order_relaxed) == 0 || exiting_.load(std::memory_order_acquire)) {
+    // Creating the io context (or the pool fallback when it cannot be) is the submitter's job.
+    ReleaseRole(submit_role_);
+    WakeSubmitterOnce();
+    return;
+  }
+  bool handed_over = false;
+  while (true) {
+    int64_t room = options_.queue_depth - in_kernel_.load(std::memory_order_acquire);
+    size_t want = static_cast<size_t>(std::clamp<int64_t>(room, 0, options_.submit_batch));
+    if (want == 0) {
+      handed_over = true;  // the kernel queue is full: the submitter waits for room, we do not
+      break;
+    }
+    size_t count = queue_.try_dequeue_bulk_from_producer(token, inline_batch_.data(), want);
+    if (count == 0) break;
+    counters_.inline_submitted.fetch_add(count, std::memory_order_relaxed);
+    SubmitBatch(inline_batch_.data(), count, &token);
+    if (count < want) break;
+  }
+  ReleaseRole(submit_role_);
+  if (handed_over) WakeSubmitterOnce();
+}
+
+void Engine::ReapInline() {
+  if (in_kernel_.load(std::memory_order_relaxed) == 0) return;
+  // If the reap role is taken, its holder reaps until the ring is empty, and the reaper thread
+  // (woken by the kernel's eventfd for anything that arrives later) waits for the role.
+  if (reap_role_.exchange(true, std::memory_order_acquire)) return;
+  ReapAvailable(/*inline_caller=*/true);
+  ReleaseRole(reap_role_);
+}
+
+void Engine::AcquireRole(std::atomic<bool>& role) {
+  for (int spins = 0; role.exchange(true, std::memory_order_acquire); ++spins) {
+    // Holders keep a role for one drain or one reap; on 2 CPUs the holder may be preempted, so
+    // give the CPU away rather than spin a whole time slice.
+    if (spins >= 64) {
+      sched_yield();
+    } else {
+      __builtin_ia32_pause();
+    }
+  }
 }
 
 // ---------------------------------------------------------------- completion
@@ -324,6 +393,9 @@ void Engine::NotifyAcceptedChanged() {
 
 void Engine::Shutdown() {
   stopping_.store(true, std::memory_order_seq_cst);
+  // An inline_io requester may have queued requests it has not flushed yet: the submitter takes them.
+  work_seq_.fetch_add(2, std::memory_order_seq_cst);
+  WakeSubmitterOnce();
   std::unique_lock<std::mutex> lock(sinks_mu_);
   drained_cv_.wait(lock, [this] {
     for (core::CompletionSink* sink : sinks_) {
@@ -359,6 +431,8 @@ ServiceStats Engine::Stats() const {
   s.pool_threads = counters_.pool_threads.load(std::memory_order_relaxed);
   s.pool_running = counters_.pool_running.load(std::memory_order_relaxed);
   s.queue_block_allocations = QueueTraits::allocations.load(std::memory_order_relaxed);
+  s.inline_submitted = counters_.inline_submitted.load(std::memory_order_relaxed);
+  s.inline_reaped = counters_.inline_reaped.load(std::memory_order_relaxed);
   return s;
 }
 
@@ -370,25 +444,37 @@ void Engine::SubmitterLoop() {
   while (true) {
     // acquire: pairs with producers' adds, so the drain below sees what they enqueued before.
     uint64_t seq = work_seq_.load(std::memory_order_acquire);
+    AcquireRole(submit_role_);
     int64_t room = options_.queue_depth - in_kernel_.load(std::memory_order_acquire);
     size_t want = static_cast<size_t>(std::clamp<int64_t>(room, 0, options_.submit_batch));
     size_t count = want == 0 ? 0 : queue_.try_dequeue_bulk(consumer, batch.data(), want);
     if (count > 0) {
-      SubmitBatch(batch.data(), count);
+      SubmitBatch(batch.data(), count, nullptr);
+      ReleaseRole(submit_role_);
       continue;
     }
-    if (exiting_.load(std::memory_order_acquire)) break;
+    if (exiting_.load(std::memory_order_acquire)) {
+      ReleaseRole(submit_role_);
+      break;
+    }
     absl::Time now = absl::Now();
     MaybeReleaseContext(now);
-    // Sleep, unless a producer added work since `seq` (then the CAS fails and we drain again).
-    if (!work_seq_.compare_exchange_strong(seq, seq | 1, std::memory_order_seq_cst)) continue;
-    if (want == 0 && in_kernel_.load(std::memory_order_seq_cst) < options_.queue_depth) {
-      work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);  // the reaper freed room meanwhile
-      continue;
-    }
     absl::Time deadline = absl::InfiniteFuture();
     if (context_.load(std::memory_order_relaxed) != 0) {
       deadline = std::max(last_kernel_activity_ + options_.idle_release, now + absl::Milliseconds(1));
+    }
+    ReleaseRole(submit_role_);
+    // Sleep, unless a producer added work since `seq` (then the CAS fails and we drain again).
+    if (!work_seq_.compare_exchange_strong(seq, seq | 1, std::memory_order_seq_cst)) continue;
+    if (want == 0) {
+      // Sleeping for room: ask the reaper to wake us. seq_cst on the flag and on in_kernel_, here
+      // and in ReapAvailable, so either we see its decrement or it sees the flag.
+      room_wanted_.store(true, std::memory_order_seq_cst);
+      if (in_kernel_.load(std::memory_order_seq_cst) < options_.queue_depth) {
+        room_wanted_.store(false, std::memory_order_relaxed);
+        work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);  // the reaper freed room meanwhile
+        continue;
+      }
     }
     WaitForWork(deadline);
     work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);
@@ -435,7 +521,7 @@ bool Engine::EnsureContext() {
 void Engine::MaybeReleaseContext(absl::Time now) {
   uintptr_t ctx = context_.load(std::memory_order_relaxed);
   if (ctx == 0 || now - last_kernel_activity_ < options_.idle_release) return;
-  // Only the submitter adds to in_kernel_, so once it reads 0 here it stays 0. The reaper sets
+  // Only the submit role's holder (us, now) adds to in_kernel_, so once it reads 0 here it stays 0. The reaper sets
   // reaping_ before it reads in_kernel_ and calls io_getevents (which reads the ring in user space:
   // a released context would be unmapped memory); seq_cst on both sides means one of us sees the
   // other.
@@ -445,7 +531,7 @@ void Engine::MaybeReleaseContext(absl::Time now) {
   counters_.contexts_released.fetch_add(1, std::memory_order_relaxed);
 }
 
-void Engine::SubmitBatch(uint32_t* batch, size_t count) {
+void Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) {
   struct iocb** cbs = submit_iocbs_.data();
   size_t kernel_count = 0;
   bool have_context = EnsureContext();
@@ -509,6 +595,25 @@ void Engine::SubmitBatch(uint32_t* batch, size_t count) {
         continue;
       case SubmitErrorClass::kRetryLater: {
         counters_.io_submit_eagain.fetch_add(1, std::memory_order_relaxed);
+        if (requeue != nullptr) {
+          // An inline caller must not wait for room: the rest goes back to the queue (never
+          // seen by the kernel, so still cancellable) for the submitter thread.
+          for (size_t i = done; i < kernel_count; ++i) {
+            uint32_t rest = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(cbs[i]->data));
+            core::Slot& s = slots_.at(rest);
+            uint64_t w = s.word.load(std::memory_order_acquire);
+            if (s.word.compare_exchange_strong(w, core::PackWord(WordGeneration(w), SlotState::kQueued),
+                                               std::memory_order_acq_rel)) {
+              queue_.enqueue(*requeue, rest);
+            } else {
+              Complete(rest, SlotState::kInKernel, -EAGAIN);
+            }
+          }
+          in_kernel_.fetch_sub(static_cast<int64_t>(kernel_count - done), std::memory_order_seq_cst);
+          work_seq_.fetch_add(2, std::memory_order_seq_cst);
+          WakeSubmitterOnce();
+          return;
+        }
         // The kernel's ring is full (other users of this context's share of aio-nr, or a fault).
         // Wait for the reaper to make room; if nothing of ours is in flight, the refusal is not
         // about our own queue, so after a while the rest goes to the blocking pool.
@@ -531,6 +636,7 @@ void Engine::SubmitBatch(uint32_t* batch, size_t count) {
         }
         uint64_t seq = work_seq_.load(std::memory_order_acquire);
         if (work_seq_.compare_exchange_strong(seq, seq | 1, std::memory_order_seq_cst)) {
+          room_wanted_.store(true, std::memory_order_seq_cst);
           WaitForWork(absl::Now() + absl::Milliseconds(1));
           work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);
         }
@@ -566,12 +672,14 @@ void Engine::ReaperLoop() {
       struct pollfd pfd = {kernel_efd_, POLLIN, 0};
       poll(&pfd, 1, 10);
     }
-    ReapAvailable();
+    AcquireRole(reap_role_);
+    ReapAvailable(/*inline_caller=*/false);
+    ReleaseRole(reap_role_);
     if (exiting_.load(std::memory_order_acquire) && in_kernel_.load(std::memory_order_acquire) == 0) break;
   }
 }
 
-void Engine::ReapAvailable() {
+void Engine::ReapAvailable(bool inline_caller) {
   std::vector<struct io_event>& events = reap_events_;
   while (true) {
     reaping_.store(true, std::memory_order_seq_cst);
@@ -589,10 +697,14 @@ void Engine::ReapAvailable() {
       // Errors are a negative res (res2 is 0); the seed read res2, which is wrong.
       RouteKernelResult(index, static_cast<long>(events[i].res));
     }
+    if (inline_caller) counters_.inline_reaped.fetch_add(static_cast<uint64_t>(got), std::memory_order_relaxed);
     in_kernel_.fetch_sub(got, std::memory_order_seq_cst);
-    // The submitter may sleep waiting for room (bit 0): wake it.
-    if (work_seq_.load(std::memory_order_seq_cst) & 1) {
-      if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitterOnce();
+    // The submitter may sleep waiting for room: wake it. Only then: a submitter that sleeps for
+    // want of work is not woken by every reap (measured: that was one needless wake-up, two context
+    // switches, per reaped batch).
+    if (room_wanted_.load(std::memory_order_seq_cst) && room_wanted_.exchange(false, std::memory_order_seq_cst)) {
+      work_seq_.fetch_add(2, std::memory_order_seq_cst);
+      WakeSubmitterOnce();
     }
     // No early exit on a short batch: io_getevents may return fewer events than are ready, and the
     // eventfd count that announced the rest is already consumed. Emptiness is the only exit (the

@@ -7,9 +7,12 @@
 //                                                              +----> Complete() <-----+--> sink
 //
 // Threading: Enqueue/Cancel/Stats may be called from any thread. Producers never lock and make no
-// syscall unless the submitter sleeps. The submitter alone submits and owns the io context's
-// life; the reaper alone calls io_getevents. Complete() is the single place a request reaches
-// kCompleted (one CAS, so exactly once), from whichever thread finished it.
+// syscall unless the submitter sleeps. Submitting (and the io context's life) belongs to whoever
+// holds the submit role, reaping to whoever holds the reap role: normally the submitter and the
+// reaper threads, but an inline_io requester's thread takes a free role for a moment instead of
+// waking a service thread (SubmitInline, ReapInline), so a thread that polls pays no hand-off.
+// Complete() is the single place a request reaches kCompleted (one CAS, so exactly once), from
+// whichever thread finished it.
 //
 // Lifetime: every sink registered must be unregistered, with nothing outstanding, before the engine
 // is destroyed; the destructor stops and joins the threads and releases the io context.
@@ -77,6 +80,16 @@ class Engine {
   // Queues a claimed, filled slot for submission. The caller counted it in sink.accepted already.
   void Enqueue(ProducerToken& token, uint32_t index);
 
+  // Inline I/O (RequesterOptions::inline_io). EnqueueDeferred queues like Enqueue but never wakes
+  // the submitter; true means it sleeps, and the caller must call SubmitInline(token) before it
+  // waits or returns to its own loop. SubmitInline submits this token's queued requests on the
+  // calling thread when the submit role is free and an io context exists, else wakes the
+  // submitter. ReapInline reaps the kernel's ring on the calling thread unless another thread is
+  // reaping. Neither sleeps; both may call io_submit, take the pool's mutex or start a pool thread.
+  bool EnqueueDeferred(ProducerToken& token, uint32_t index);
+  void SubmitInline(ProducerToken& token);
+  void ReapInline();
+
   // Cancels a request given its ticket generation; InvalidArgument for a stale ticket.
   absl::StatusOr<CancelResult> Cancel(uint32_t index, uint32_t generation);
 
@@ -103,7 +116,14 @@ class Engine {
   bool Complete(uint32_t index, core::SlotState from, int64_t result);
 
   void SubmitterLoop();
-  void SubmitBatch(uint32_t* batch, size_t count);
+  // Submits `batch` (the caller holds the submit role). With `requeue` (an inline caller, which
+  // must not wait), what the kernel refuses for a full queue goes back to the queue through it
+  // and the submitter is woken; without, the submitter waits for room.
+  void SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue);
+  // Roles are held for the length of a drain or a reap; a service thread waits for one, an inline
+  // caller only tries.
+  static void AcquireRole(std::atomic<bool>& role);
+  static void ReleaseRole(std::atomic<bool>& role) { role.store(false, std::memory_order_release); }
   bool EnsureContext();
   void MaybeReleaseContext(absl::Time now);
   void WaitForWork(absl::Time deadline);
@@ -111,7 +131,7 @@ class Engine {
   void WakeSubmitterOnce();
 
   void ReaperLoop();
-  void ReapAvailable();
+  void ReapAvailable(bool inline_caller);
   void RouteKernelResult(uint32_t index, int64_t result);
   static bool StoppedShort(const struct iocb& cb, int64_t result);
 
@@ -135,17 +155,25 @@ class Engine {
   alignas(64) std::atomic<uint64_t> work_seq_{0};
 
   alignas(64) std::atomic<int64_t> in_kernel_{0};  // iocbs io_submit took and the reaper has not seen
+  std::atomic<bool> room_wanted_{false};  // the submitter sleeps until the kernel queue has room
   std::atomic<bool> reaping_{false};   // the reaper may be inside io_getevents
   std::atomic<uintptr_t> context_{0};  // io_context_t; created and released by the submitter
 
   std::atomic<bool> stopping_{false};
   std::atomic<bool> exiting_{false};
 
-  std::unique_ptr<ProducerToken> reaper_token_;  // the reaper re-queues NOWAIT refusals with it
-  // Submitter-private.
+  // The roles (see Threading above): acquire when taken, release when given back, so whatever a
+  // role guards is handed from holder to holder in order.
+  alignas(64) std::atomic<bool> submit_role_{false};
+  alignas(64) std::atomic<bool> reap_role_{false};
+
+  // Guarded by the reap role: the reaper re-queues NOWAIT refusals with it.
+  std::unique_ptr<ProducerToken> reaper_token_;
+  // Guarded by the submit role.
   std::vector<struct iocb*> submit_iocbs_;
+  std::vector<uint32_t> inline_batch_;
   absl::Time last_kernel_activity_;
-  // Reaper-private.
+  // Guarded by the reap role.
   std::vector<struct io_event> reap_events_;
 
   // Fallback pool (the slow path: a mutex here costs nothing next to the blocking call it guards).
@@ -168,6 +196,7 @@ class Engine {
     std::atomic<int64_t> max_io_submit_ns{0};
     std::atomic<uint64_t> contexts_created{0}, contexts_released{0}, pool_threads{0}, pool_running{0};
     std::atomic<uint64_t> accepted_by_gone_sinks{0};
+    std::atomic<uint64_t> inline_submitted{0}, inline_reaped{0};
   } counters_;
 
   std::thread submitter_;

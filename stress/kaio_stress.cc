@@ -73,6 +73,7 @@ struct Options {
   uint64_t seed = 0;
   bool seed_given = false;
   int churn = 400;  // replace a requester about every N actions (0: never)
+  int inline_io = 0;  // percent of requesters created with RequesterOptions::inline_io
   bool shutdown_under_load = false;
   int faults = 0;  // per-mille rate of each enabled fault kind
   std::string fault_kinds = "all";
@@ -102,6 +103,7 @@ void Usage() {
       "  --direct | --buffered  open the files with O_DIRECT (default) or through the page cache\n"
       "  --seed=N               seed for every random choice (default: from the clock; always printed)\n"
       "  --churn=N              replace each thread's requester about every N actions; 0 never (400)\n"
+      "  --inline_io=PCT        this percent of requesters submit and reap on their own thread (0)\n"
       "  --shutdown_under_load  end with Service::Shutdown() while the workers still submit\n"
       "  --faults=N             inject each enabled fault with probability N/1000 per call (0)\n"
       "  --fault_kinds=a,b,...  which: all, or of submit_eagain submit_partial submit_ebadf getevents_eintr\n"
@@ -216,6 +218,7 @@ bool ParseFlags(int argc, char** argv, Options* o, std::string* error) {
     else if (name == "blocks_per_file") ok = number(1, 1 << 20, &o->blocks_per_file);
     else if (name == "inflight") ok = number(1, 4096, &o->inflight);
     else if (name == "churn") ok = number(0, INT32_MAX, &o->churn);
+    else if (name == "inline_io") ok = number(0, 100, &o->inline_io);
     else if (name == "faults") ok = number(0, 1000, &o->faults);
     else if (name == "watchdog_ms") ok = number(1, INT64_MAX, &o->watchdog_ms);
     else if (name == "wait_timeout_ms") ok = number(1, INT64_MAX, &o->wait_timeout_ms);
@@ -304,6 +307,7 @@ struct Totals {
   std::atomic<uint64_t> cancel_revived{0};  // kNotCanceled, later kCanceled
   std::atomic<uint64_t> wait_alls{0}, wait_anys{0}, polls{0}, returns{0}, stale_checks{0}, cross_errors{0};
   std::atomic<uint64_t> requesters{0};
+  std::atomic<uint64_t> inline_requesters{0};
   // Bounds for the service's counters where abandoned requests leave the outcome unknown.
   std::atomic<uint64_t> abandoned_cancelled{0}, abandoned_unknown{0};
 };
@@ -422,7 +426,9 @@ class Worker {
   }
 
   void NewRequester() {
-    auto r = Requester::Create(*s_.service);
+    RequesterOptions options;
+    options.inline_io = RandBelow(100) < s_.opt.inline_io;
+    auto r = Requester::Create(*s_.service, options);
     if (!r.ok()) {
       s_.failures.Add("thread %d: Requester::Create: %s", id_, r.status().ToString().c_str());
       s_.abort.store(true);
@@ -430,6 +436,7 @@ class Worker {
     }
     requester_ = *std::move(r);
     s_.totals.requesters.fetch_add(1, std::memory_order_relaxed);
+    if (options.inline_io) s_.totals.inline_requesters.fetch_add(1, std::memory_order_relaxed);
     actions_since_churn_ = 0;
     next_churn_ = s_.opt.churn > 0 ? s_.opt.churn / 2 + RandBelow(s_.opt.churn + 1) : 0;
   }
@@ -1053,12 +1060,12 @@ int Main(int argc, char** argv) {
     o.dir = tmp != nullptr ? tmp : "/tmp";
   }
   std::printf("kaio_stress: seed=%llu threads=%d %s=%lld mix=%s queue_depth=%d submit_batch=%d inflight=%d files=%d "
-              "blocks_per_file=%d %s churn=%d shutdown_under_load=%d faults=%d/1000(%s) fallback_threads=%d "
-              "idle_release_ms=%lld return=%d\n",
+              "blocks_per_file=%d %s churn=%d inline_io=%d%% shutdown_under_load=%d faults=%d/1000(%s) "
+              "fallback_threads=%d idle_release_ms=%lld return=%d\n",
               static_cast<unsigned long long>(o.seed), o.threads, o.ops > 0 ? "ops" : "duration_ms",
               static_cast<long long>(o.ops > 0 ? o.ops : o.duration_ms), o.mix_text.c_str(), o.queue_depth,
               o.submit_batch, o.inflight, o.files, o.blocks_per_file, o.direct ? "direct" : "buffered", o.churn,
-              o.shutdown_under_load ? 1 : 0, o.faults, o.fault_kinds.c_str(), o.fallback_threads,
+              o.inline_io, o.shutdown_under_load ? 1 : 0, o.faults, o.fault_kinds.c_str(), o.fallback_threads,
               static_cast<long long>(o.idle_release_ms), o.use_return ? 1 : 0);
   std::fflush(stdout);
 
@@ -1188,7 +1195,7 @@ int Main(int argc, char** argv) {
       "kaio_stress: %s seed=%llu ops=%llu completions=%llu abandoned=%llu verified_bytes=%llu "
       "(reads %llu, final pass %llu) writes=%llu syncs=%llu cancels=%llu/%llu/%llu/%llu(canceled/not/done/not-then-canceled) cancel_all=%llu "
       "ecanceled=%llu wait_all=%llu wait_any=%llu polls=%llu returns=%llu stale_checks=%llu requesters=%llu "
-      "refused_after_shutdown=%llu io_submit_calls=%llu avg_batch=%.1f eagain=%llu pool=%llu nowait_retries=%llu "
+      "(inline %llu) refused_after_shutdown=%llu io_submit_calls=%llu (inline submitted %llu, reaped %llu) avg_batch=%.1f eagain=%llu pool=%llu nowait_retries=%llu "
       "contexts=%llu/%llu faults_injected=%llu failures=%llu elapsed_ms=%lld\n",
       failures == 0 ? "PASS" : "FAIL", static_cast<unsigned long long>(o.seed),
       static_cast<unsigned long long>(t.submitted.load()), static_cast<unsigned long long>(t.completed.load()),
@@ -1202,8 +1209,10 @@ int Main(int argc, char** argv) {
       static_cast<unsigned long long>(t.cancelled_results.load()), static_cast<unsigned long long>(t.wait_alls.load()),
       static_cast<unsigned long long>(t.wait_anys.load()), static_cast<unsigned long long>(t.polls.load()),
       static_cast<unsigned long long>(t.returns.load()), static_cast<unsigned long long>(t.stale_checks.load()),
-      static_cast<unsigned long long>(t.requesters.load()), static_cast<unsigned long long>(t.refused_after_shutdown.load()),
-      static_cast<unsigned long long>(st.io_submit_calls), st.average_batch,
+      static_cast<unsigned long long>(t.requesters.load()), static_cast<unsigned long long>(t.inline_requesters.load()),
+      static_cast<unsigned long long>(t.refused_after_shutdown.load()),
+      static_cast<unsigned long long>(st.io_submit_calls), static_cast<unsigned long long>(st.inline_submitted),
+      static_cast<unsigned long long>(st.inline_reaped), st.average_batch,
       static_cast<unsigned long long>(st.io_submit_eagain), static_cast<unsigned long long>(st.pool_requests),
       static_cast<unsigned long long>(st.nowait_retries), static_cast<unsigned long long>(st.contexts_created),
       static_cast<unsigned long long>(st.contexts_released),

@@ -92,7 +92,7 @@ absl::StatusOr<bool> ParseBool(const std::string& name, const std::string& text)
   return absl::InvalidArgumentError(absl::StrCat("--", name, "=", text, ": expected 0 or 1"));
 }
 
-const char* const kAllEngines[] = {"kaio", "libaio", "posixaio", "threadpool", "io_uring"};
+const char* const kAllEngines[] = {"kaio", "kaio-threads", "libaio", "posixaio", "threadpool", "io_uring"};
 
 }  // namespace
 
@@ -103,7 +103,7 @@ usage: kaio_bench [--option=value ...]
   (under Bazel: bazel run -c opt //tools:kaio_bench -- [options]; scripts/run_bench.sh [options])
 
 With no options: 4 KiB O_DIRECT random reads, iodepth 32, 1 thread, on a 256 MiB temporary file,
-through every engine (0.5 s ramp + 4.5 s measured each; about 30 s in all), then a comparison table.
+through every engine (0.5 s ramp + 4 s measured each; about 30 s in all), then a comparison table.
 
 Workload
   --rw=PATTERN        randread (default), randwrite, read, write, randrw, readwrite (or rw)
@@ -116,7 +116,7 @@ Workload
   --cache=warm|cold   buffered runs: read the files into the page cache before each engine (warm,
                       default: page-cache hits, the CPU-bound case) or drop them (cold)
   --rwmixread=PCT     mixed patterns: percentage of reads (default 50)
-  --runtime=DUR       measured time per engine (default 4.5s)
+  --runtime=DUR       measured time per engine (default 4s)
   --ramp=DUR          unmeasured warm-up per engine (default 0.5s)
   --ops=N             instead of a time: N I/Os per engine (split over the threads), all measured
   --rounds=N          run the engine list N times, interleaved (kaio, libaio, ..., kaio, libaio,
@@ -128,7 +128,8 @@ Files
   --directory=DIR     where temporary files go (default: $TMPDIR if set, else the current
                       directory, which under `bazel run` is the directory you ran it from)
 Engines
-  --engines=LIST      comma list of: kaio, libaio, posixaio, threadpool, io_uring, all (default all),
+  --engines=LIST      comma list of: kaio, kaio-threads, libaio, posixaio, threadpool, io_uring, all
+                      (default all; kaio-threads is kaio without RequesterOptions::inline_io),
                       and optionally fio (= fio-libaio) or fio-ENGINE (fio-io_uring, fio-posixaio,
                       fio-psync...): runs Debian's fio on the same files with the same settings
   --kaio-queue-depth=N     ServiceOptions::queue_depth (default max(128, threads*iodepth))
@@ -136,6 +137,9 @@ Engines
   --kaio-reap-batch=N      ServiceOptions::reap_batch (default 64)
   --kaio-fallback-threads=N  ServiceOptions::fallback_threads (default 4)
   --kaio-submitter-cpu=N, --kaio-reaper-cpu=N   pin kaio's threads (default: not pinned)
+  --kaio-submit=inline|threads  the kaio engine's requesters submit and reap on their own thread
+                      when kaio's threads are idle (inline: RequesterOptions::inline_io, default)
+                      or hand every request to kaio's submitter and reaper threads (threads)
   --kaio-wait=block|spin  requesters sleep in Requester::Wait (block, default) or spin on Poll()
                       (thread-per-core style: no sleeping, one CPU busy per bench thread)
   --pool-threads=N    threadpool engine workers (default threads*iodepth, at most 256)
@@ -274,7 +278,7 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
         for (const char* k : kAllEngines) known = known || engine == k;
         if (!known) {
           return absl::InvalidArgumentError(absl::StrCat(
-              "--engines: unknown engine '", engine, "' (kaio, libaio, posixaio, threadpool, io_uring, all, fio, fio-ENGINE)"));
+              "--engines: unknown engine '", engine, "' (kaio, kaio-threads, libaio, posixaio, threadpool, io_uring, all, fio, fio-ENGINE)"));
         }
         o.engines.push_back(engine);
       }
@@ -324,6 +328,10 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
       absl::StatusOr<int> v = ParseInt(name, value, -1, 4095);
       if (!v.ok()) return v.status();
       o.kaio_reaper_cpu = *v;
+    } else if (name == "kaio-submit") {
+      if (value == "inline") o.kaio_inline = true;
+      else if (value == "threads") o.kaio_inline = false;
+      else return absl::InvalidArgumentError("--kaio-submit: expected inline or threads");
     } else if (name == "kaio-wait") {
       if (value == "block") o.kaio_spin = false;
       else if (value == "spin") o.kaio_spin = true;

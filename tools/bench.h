@@ -45,7 +45,7 @@ struct Options {
   bool cache_warm = true;  // buffered only: read the file into the page cache first (else drop it)
   int rwmixread = 50;
   double ramp_s = 0.5;
-  double runtime_s = 4.5;
+  double runtime_s = 4.0;
   uint64_t ops = 0;  // total per engine; 0: time based
   int rounds = 1;    // the engine list is run this many times, interleaved, and merged per engine
   std::vector<std::string> filenames;  // explicit files (kept); empty: temporary files
@@ -64,6 +64,7 @@ struct Options {
   int kaio_submitter_cpu = -1;
   int kaio_reaper_cpu = -1;
   bool kaio_spin = false;  // requesters poll instead of sleeping in Wait
+  bool kaio_inline = true;  // the `kaio` engine's requesters use RequesterOptions::inline_io
   int pool_threads = 0;  // 0: threads * iodepth, at most 256
   std::string fio = "fio";
 
@@ -263,7 +264,9 @@ class Engine {
   virtual std::string HangReport() const { return ""; }
 };
 
-std::unique_ptr<Engine> MakeKaioEngine(const Options& options);
+// inline_io: RequesterOptions::inline_io for every bench thread's requester (engine `kaio` by
+// default); without it every request goes through the service's threads (engine `kaio-threads`).
+std::unique_ptr<Engine> MakeKaioEngine(const Options& options, bool inline_io, std::string name);
 std::unique_ptr<Engine> MakeLibaioEngine(const Options& options);
 std::unique_ptr<Engine> MakePosixAioEngine(const Options& options);
 std::unique_ptr<Engine> MakeThreadPoolEngine(const Options& options);

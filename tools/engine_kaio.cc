@@ -93,7 +93,8 @@ class KaioRunner : public ThreadRunner {
 
 class KaioEngine : public Engine {
  public:
-  explicit KaioEngine(const Options& o) : spin_(o.kaio_spin) {
+  KaioEngine(const Options& o, bool inline_io, std::string name)
+      : spin_(o.kaio_spin), inline_io_(inline_io), name_(std::move(name)) {
     options_.queue_depth = o.kaio_queue_depth > 0 ? o.kaio_queue_depth : std::max(128, o.threads * o.iodepth);
     options_.submit_batch = o.kaio_submit_batch;
     options_.reap_batch = o.kaio_reap_batch;
@@ -102,11 +103,13 @@ class KaioEngine : public Engine {
     options_.reaper_cpu = o.kaio_reaper_cpu;
   }
 
-  std::string name() const override { return "kaio"; }
+  std::string name() const override { return name_; }
   std::string Describe() const override {
-    return absl::StrFormat("kaio::Service queue_depth=%d submit_batch=%d reap_batch=%d fallback_threads=%d; %s%s",
+    return absl::StrFormat("kaio::Service queue_depth=%d submit_batch=%d reap_batch=%d fallback_threads=%d; %s; %s%s",
                            options_.queue_depth, options_.submit_batch, options_.reap_batch,
                            options_.fallback_threads,
+                           inline_io_ ? "inline_io: requesters submit and reap on their own thread"
+                                      : "every request through the submitter and reaper threads",
                            spin_ ? "requesters spin on Poll()" : "requesters block in Wait(min_count=1)",
                            options_.submitter_cpu >= 0 || options_.reaper_cpu >= 0
                                ? absl::StrFormat(" submitter_cpu=%d reaper_cpu=%d", options_.submitter_cpu,
@@ -122,7 +125,9 @@ class KaioEngine : public Engine {
   }
 
   absl::StatusOr<std::unique_ptr<ThreadRunner>> NewThread(ThreadCtx&) override {
-    absl::StatusOr<std::unique_ptr<kaio::Requester>> requester = kaio::Requester::Create(*service_);
+    kaio::RequesterOptions requester_options;
+    requester_options.inline_io = inline_io_;
+    absl::StatusOr<std::unique_ptr<kaio::Requester>> requester = kaio::Requester::Create(*service_, requester_options);
     if (!requester.ok()) return requester.status();
     return std::unique_ptr<ThreadRunner>(new KaioRunner(*std::move(requester), *service_, spin_));
   }
@@ -153,6 +158,8 @@ class KaioEngine : public Engine {
         {"max_io_submit_us", static_cast<double>(total_.max_io_submit_ns) / 1000.0},
         {"contexts_created", static_cast<double>(total_.contexts_created)},
         {"pool_threads", static_cast<double>(total_.pool_threads)},
+        {"inline_submitted", d(&kaio::ServiceStats::inline_submitted)},
+        {"inline_reaped", d(&kaio::ServiceStats::inline_reaped)},
     };
   }
 
@@ -169,6 +176,8 @@ class KaioEngine : public Engine {
 
  private:
   const bool spin_;
+  const bool inline_io_;
+  const std::string name_;
   kaio::ServiceOptions options_;
   std::unique_ptr<kaio::Service> service_;
   kaio::ServiceStats start_, end_, total_;
@@ -176,6 +185,8 @@ class KaioEngine : public Engine {
 
 }  // namespace
 
-std::unique_ptr<Engine> MakeKaioEngine(const Options& options) { return std::make_unique<KaioEngine>(options); }
+std::unique_ptr<Engine> MakeKaioEngine(const Options& options, bool inline_io, std::string name) {
+  return std::make_unique<KaioEngine>(options, inline_io, std::move(name));
+}
 
 }  // namespace kaio_bench

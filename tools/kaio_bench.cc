@@ -54,7 +54,8 @@ struct Usage {
 };
 
 std::unique_ptr<Engine> MakeEngine(const std::string& name, const Options& o) {
-  if (name == "kaio") return MakeKaioEngine(o);
+  if (name == "kaio") return MakeKaioEngine(o, o.kaio_inline, name);
+  if (name == "kaio-threads") return MakeKaioEngine(o, false, name);
   if (name == "libaio") return MakeLibaioEngine(o);
   if (name == "posixaio") return MakePosixAioEngine(o);
   if (name == "threadpool") return MakeThreadPoolEngine(o);

@@ -1,0 +1,248 @@
+// RequesterOptions::inline_io: a requester whose thread polls submits and reaps on that thread
+// while the service's threads are idle. What must hold: the same answers, exactly once, as through
+// the service's threads; the caller's thread really does the io_submit; nothing waits for a flush
+// that never comes (Shutdown, a full kernel queue); and it mixes with ordinary requesters.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kaio/requester.h"
+#include "kaio/service.h"
+#include "tests/fault_syscalls.h"
+#include "tests/test_util.h"
+
+namespace kaio {
+namespace {
+
+using ::kaio::testing::AlignedBuffer;
+using ::kaio::testing::FaultSyscalls;
+using ::kaio::testing::TempFile;
+using ::kaio::testing::WaitUntil;
+
+constexpr size_t kBlock = 4096;
+constexpr absl::Duration kDeadline = absl::Seconds(20);
+
+// Counts the io_submit calls made on one thread (the test's), through the real kernel.
+class ThreadCountingSyscalls : public FaultSyscalls {
+ public:
+  int IoSubmit(io_context_t ctx, long nr, struct iocb** iocbs) override {
+    if (std::this_thread::get_id() == watched_.load()) watched_calls_.fetch_add(1);
+    return FaultSyscalls::IoSubmit(ctx, nr, iocbs);
+  }
+  void Watch(std::thread::id id) { watched_.store(id); }
+  int watched_calls() const { return watched_calls_.load(); }
+
+ private:
+  std::atomic<std::thread::id> watched_{};
+  std::atomic<int> watched_calls_{0};
+};
+
+std::unique_ptr<Requester> InlineRequester(Service& service) {
+  RequesterOptions options;
+  options.inline_io = true;
+  auto requester = Requester::Create(service, options);
+  if (!requester.ok()) {
+    ADD_FAILURE() << requester.status();
+    return nullptr;
+  }
+  return *std::move(requester);
+}
+
+// Reads `count` blocks starting at block `first` and checks every byte count and pattern.
+void ReadRound(Requester& requester, const TempFile& file, std::vector<AlignedBuffer>& bufs, int first, int count) {
+  for (int i = 0; i < count; ++i) {
+    auto t = requester.Read(file.fd(), bufs[i].data(), kBlock, static_cast<int64_t>(first + i) * kBlock, i);
+    ASSERT_TRUE(t.ok()) << t.status();
+  }
+  std::vector<Completion> done(static_cast<size_t>(count));
+  ASSERT_EQ(requester.Wait(absl::MakeSpan(done), done.size(), kDeadline), done.size());
+  for (const Completion& c : done) {
+    ASSERT_EQ(c.result, static_cast<int64_t>(kBlock)) << "tag " << c.tag;
+    const uint64_t base = (first + c.tag) * kBlock;
+    for (size_t b = 0; b < kBlock; b += 511) {
+      ASSERT_EQ(bufs[c.tag].data()[b], TempFile::PatternByte(base + b)) << "tag " << c.tag << " byte " << b;
+    }
+  }
+}
+
+TEST(InlineIo, ThePollingThreadSubmitsAndReapsCachedReadsItself) {
+  ThreadCountingSyscalls sys;
+  auto service = Service::CreateWithSyscalls({}, &sys);
+  ASSERT_TRUE(service.ok());
+  auto requester = InlineRequester(**service);
+  constexpr int kDepth = 32, kRounds = 20;
+  TempFile file(kDepth * kRounds * kBlock);
+  std::vector<char> warm(kDepth * kRounds * kBlock);
+  ASSERT_EQ(pread(file.fd(), warm.data(), warm.size(), 0), static_cast<ssize_t>(warm.size()));  // cache it all
+  std::vector<AlignedBuffer> bufs;
+  for (int i = 0; i < kDepth; ++i) bufs.emplace_back(kBlock);
+  ReadRound(*requester, file, bufs, 0, kDepth);  // creates the io context (the submitter's job)
+  sys.Watch(std::this_thread::get_id());
+  ServiceStats before = (*service)->Stats();
+  for (int round = 1; round < kRounds; ++round) ReadRound(*requester, file, bufs, round * kDepth, kDepth);
+  ServiceStats after = (*service)->Stats();
+  const uint64_t requests = (kRounds - 1) * kDepth;
+  EXPECT_EQ(after.requests_completed - before.requests_completed, requests);
+  EXPECT_EQ(after.requests_failed, 0u);
+  // The submitter sleeps between rounds, so (nearly) every round is submitted from this thread, in
+  // one io_submit for the round. (Who reaps is a race this test does not judge: the reaper thread,
+  // woken by the kernel's eventfd, or this thread.)
+  EXPECT_GT(sys.watched_calls(), 0) << "no io_submit was made on the requester's thread";
+  EXPECT_GT(after.inline_submitted - before.inline_submitted, requests / 2);
+  EXPECT_LE(sys.watched_calls(), kRounds * 2) << "inline submission should batch a round into one io_submit";
+}
+
+TEST(InlineIo, DirectReadsFinishThroughTheReaperWhileTheRequesterSleeps) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto requester = InlineRequester(**service);
+  TempFile file(64 * kBlock, O_DIRECT);
+  std::vector<AlignedBuffer> bufs;
+  for (int i = 0; i < 16; ++i) bufs.emplace_back(kBlock);
+  for (int round = 0; round < 4; ++round) ReadRound(*requester, file, bufs, round * 16, 16);
+}
+
+TEST(InlineIo, WaitAllAndWaitAnyFlushWhatTheyWaitFor) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto requester = InlineRequester(**service);
+  TempFile file(8 * kBlock);
+  std::vector<AlignedBuffer> bufs;
+  for (int round = 0; round < 10; ++round) {
+    bufs.clear();
+    std::vector<Ticket> tickets;
+    for (int i = 0; i < 4; ++i) {
+      bufs.emplace_back(kBlock);
+      auto t = requester->Read(file.fd(), bufs.back().data(), kBlock, i * kBlock);
+      ASSERT_TRUE(t.ok());
+      tickets.push_back(*t);
+    }
+    auto any = requester->WaitAny(tickets, kDeadline);
+    ASSERT_TRUE(any.ok()) << any.status();
+    ASSERT_TRUE(requester->WaitAll(tickets, kDeadline).ok());
+    for (Ticket t : tickets) EXPECT_EQ(requester->Return(t), static_cast<int64_t>(kBlock));
+  }
+}
+
+// A requester that queued requests and never polls again must not hold up Shutdown.
+TEST(InlineIo, ShutdownSubmitsRequestsNeverFlushed) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto requester = InlineRequester(**service);
+  TempFile file(16 * kBlock);
+  std::vector<AlignedBuffer> bufs;
+  for (int i = 0; i < 16; ++i) bufs.emplace_back(kBlock);
+  ReadRound(*requester, file, bufs, 0, 16);  // the submitter has an io context and goes to sleep
+  for (int i = 0; i < 16; ++i) ASSERT_TRUE(requester->Read(file.fd(), bufs[i].data(), kBlock, i * kBlock).ok());
+  std::atomic<bool> shut{false};
+  std::thread stopper([&] {
+    (*service)->Shutdown();
+    shut = true;
+  });
+  EXPECT_TRUE(WaitUntil([&] { return shut.load(); })) << "Shutdown waited for a flush that never came";
+  stopper.join();
+  std::vector<Completion> done(16);
+  ASSERT_EQ(requester->Poll(absl::MakeSpan(done)), 16u);
+  for (const Completion& c : done) EXPECT_EQ(c.result, static_cast<int64_t>(kBlock));
+}
+
+// io_submit says the kernel queue is full while the requester submits inline: the caller must not
+// wait for room, so the rest goes back to the queue for the submitter thread, and nothing is lost.
+TEST(InlineIo, AFullKernelQueueHandsTheRestToTheSubmitter) {
+  FaultSyscalls sys;
+  auto service = Service::CreateWithSyscalls({}, &sys);
+  ASSERT_TRUE(service.ok());
+  auto requester = InlineRequester(**service);
+  TempFile file(64 * kBlock, O_DIRECT);
+  std::vector<AlignedBuffer> bufs;
+  for (int i = 0; i < 16; ++i) bufs.emplace_back(kBlock);
+  ReadRound(*requester, file, bufs, 0, 16);
+  ServiceStats before = (*service)->Stats();
+  sys.submit_error = -EAGAIN;
+  sys.submit_error_count = 3;
+  for (int round = 1; round < 4; ++round) ReadRound(*requester, file, bufs, round * 16, 16);
+  ServiceStats after = (*service)->Stats();
+  EXPECT_EQ(sys.submit_error_count.load(), 0) << "the injected refusals were not all met";
+  EXPECT_GE(after.io_submit_eagain - before.io_submit_eagain, 3u);
+  EXPECT_EQ(after.requests_failed, 0u);
+  EXPECT_EQ(after.pool_requests, 0u);
+}
+
+// Cancel of a request queued by an inline requester and not yet flushed: never submitted.
+TEST(InlineIo, CancelBeforeTheFlushIsReal) {
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok());
+  auto requester = InlineRequester(**service);
+  TempFile file(16 * kBlock);
+  std::vector<AlignedBuffer> bufs;
+  for (int i = 0; i < 16; ++i) bufs.emplace_back(kBlock);
+  ReadRound(*requester, file, bufs, 0, 16);
+  auto t = requester->Read(file.fd(), bufs[0].data(), kBlock, 0);
+  ASSERT_TRUE(t.ok());
+  auto cancelled = requester->Cancel(*t);
+  ASSERT_TRUE(cancelled.ok());
+  // The submitter may have woken for some other reason and taken it already: then it is in the
+  // kernel or done, and Cancel says so; either way the answer and the result must agree.
+  ASSERT_TRUE(requester->WaitAll({*t}, kDeadline).ok());
+  int64_t result = requester->Return(*t);
+  if (*cancelled == CancelResult::kCanceled) {
+    EXPECT_EQ(result, -ECANCELED);
+  } else {
+    EXPECT_EQ(result, static_cast<int64_t>(kBlock));
+  }
+}
+
+// Inline and ordinary requesters on four threads at once: every request answered once and right.
+TEST(InlineIo, MixesWithOrdinaryRequestersOnManyThreads) {
+  ServiceOptions options;
+  options.queue_depth = 16;  // smaller than the total in flight: the kernel queue fills up
+  auto service = Service::Create(options);
+  ASSERT_TRUE(service.ok());
+  TempFile cached(256 * kBlock);
+  TempFile direct(256 * kBlock, O_DIRECT);
+  std::vector<std::thread> threads;
+  std::atomic<int> bad{0};
+  for (int id = 0; id < 4; ++id) {
+    threads.emplace_back([&, id] {
+      RequesterOptions ro;
+      ro.inline_io = id % 2 == 0;
+      auto requester = Requester::Create(**service, ro);
+      if (!requester.ok()) {
+        bad++;
+        return;
+      }
+      const TempFile& file = id < 2 ? cached : direct;
+      std::vector<AlignedBuffer> bufs;
+      for (int i = 0; i < 8; ++i) bufs.emplace_back(kBlock);
+      std::vector<Completion> done(8);
+      for (int round = 0; round < 150; ++round) {
+        const int first = (round * 8 + id * 32) % 248;
+        for (int i = 0; i < 8; ++i) {
+          if (!(*requester)->Read(file.fd(), bufs[i].data(), kBlock, (first + i) * kBlock, i).ok()) bad++;
+        }
+        if ((*requester)->Wait(absl::MakeSpan(done), 8, kDeadline) != 8) {
+          bad++;
+          return;
+        }
+        for (const Completion& c : done) {
+          if (c.result != static_cast<int64_t>(kBlock) ||
+              bufs[c.tag].data()[100] != TempFile::PatternByte((first + c.tag) * kBlock + 100)) {
+            bad++;
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  ServiceStats stats = (*service)->Stats();
+  EXPECT_EQ(stats.requests_completed, 4u * 150 * 8);
+  EXPECT_EQ(stats.in_flight, 0u);
+}
+
+}  // namespace
+}  // namespace kaio
