@@ -59,6 +59,7 @@ enum SlotFlags : uint32_t {
   kSlotNowait = 1u << 0,      // submitted with RWF_NOWAIT; EAGAIN means "would block", not an error
   kSlotForcePool = 1u << 1,   // run it in the fallback pool
   kSlotForceKernel = 1u << 2, // known not to block the submitter (O_DIRECT): no RWF_NOWAIT retry
+  kSlotUnsignalled = 1u << 3, // in the kernel without IOCB_FLAG_RESFD: its completion wakes nobody
 };
 
 struct alignas(64) Slot {

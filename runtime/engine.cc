@@ -74,6 +74,9 @@ bool IsReadOrWrite(short opcode) {
          opcode == IO_CMD_PWRITEV;
 }
 
+// IOCB_FLAG_RESFD of <linux/aio_abi.h> (which clashes with <libaio.h>): libaio's io_set_eventfd sets it.
+constexpr unsigned kIocbFlagResfd = 1u << 0;
+
 bool IsVectored(short opcode) { return opcode == IO_CMD_PREADV || opcode == IO_CMD_PWRITEV; }
 
 absl::Status NameAndPin(std::thread& thread, const std::string& name, int cpu) {
@@ -140,6 +143,7 @@ Engine::Engine(const ServiceOptions& options, core::Syscalls& sys, int submit_ef
       slots_(static_cast<uint32_t>(options.max_requests)),
       submit_efd_(submit_efd),
       kernel_efd_(kernel_efd),
+      fd_kind_(new std::atomic<uint8_t>[kFdKinds]()),
       reaper_token_(std::make_unique<ProducerToken>(queue_)),
       submit_iocbs_(static_cast<size_t>(options.submit_batch)),
       inline_batch_(static_cast<size_t>(options.submit_batch)),
@@ -258,6 +262,20 @@ void Engine::SubmitInline(ProducerToken& token) {
     if (count == 0) break;
     counters_.inline_submitted.fetch_add(count, std::memory_order_relaxed);
     SubmitBatch(inline_batch_.data(), count, &token);
+    // Requests the kernel finished inside io_submit (page-cache hits) are in the ring now: reap
+    // them here, and learn from what is still running which fds need the eventfd.
+    // (Only when no one else is halfway through a reap: a request it has taken from the ring but
+    // not yet routed still looks as if it were running, and async is a verdict for good.)
+    bool settled = true;
+    if (in_kernel_.load(std::memory_order_seq_cst) > 0) {
+      settled = !reap_role_.exchange(true, std::memory_order_acquire);
+      if (settled) {
+        ReapAvailable(/*inline_caller=*/true);
+        ReleaseRole(reap_role_);
+      }
+    }
+    if (settled) LearnFdKinds(inline_batch_.data(), count);
+    EnsureUnsignalledWatched();
     if (count < want) break;
   }
   ReleaseRole(submit_role_);
@@ -271,6 +289,39 @@ void Engine::ReapInline() {
   if (reap_role_.exchange(true, std::memory_order_acquire)) return;
   ReapAvailable(/*inline_caller=*/true);
   ReleaseRole(reap_role_);
+}
+
+void Engine::LearnFdKinds(const uint32_t* batch, size_t count) {
+  for (size_t i = 0; i < count; ++i) {
+    const core::Slot& slot = slots_.at(batch[i]);
+    // Our own requests (our token's), not yet consumed: only this thread could free them. Only
+    // fields nobody writes after submission are read here (the reaper may be updating others).
+    SlotState state = WordState(slot.word.load(std::memory_order_acquire));
+    const int fd = slot.cb.aio_fildes;
+    if (fd < 0 || fd >= kFdKinds || !IsReadOrWrite(slot.cb.aio_lio_opcode)) continue;
+    if (state == SlotState::kInKernel) {
+      fd_kind_[fd].store(kFdAsync, std::memory_order_relaxed);
+    } else if (state == SlotState::kCompleted || state == SlotState::kPoolQueued ||
+               state == SlotState::kPoolRunning) {
+      uint8_t unknown = kFdUnknown;
+      fd_kind_[fd].compare_exchange_strong(unknown, kFdCompletesInline, std::memory_order_relaxed);
+    }
+  }
+}
+
+void Engine::EnsureUnsignalledWatched() {
+  // seq_cst, with WatchUnsignalled's store of reaper_watching_ and its re-check of unsignalled_:
+  // either the reaper sees our requests or we see that it is not watching and wake it.
+  if (unsignalled_.load(std::memory_order_seq_cst) > 0 && !reaper_watching_.load(std::memory_order_seq_cst)) {
+    sys_.EventFdWrite(kernel_efd_, 1);
+  }
+}
+
+void Engine::Resignal(core::Slot& slot) {
+  if (!(slot.flags & core::kSlotUnsignalled)) return;
+  slot.flags &= ~core::kSlotUnsignalled;
+  slot.cb.u.c.flags |= kIocbFlagResfd;
+  unsignalled_.fetch_sub(1, std::memory_order_seq_cst);
 }
 
 void Engine::AcquireRole(std::atomic<bool>& role) {
@@ -348,6 +399,7 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
         int rc = ctx == 0 ? -EINVAL : sys_.IoCancel(reinterpret_cast<io_context_t>(ctx), &slot.cb, &event);
         if (rc == 0) {
           // Old kernels hand the result back here instead of through the ring.
+          Resignal(slot);
           if (Complete(index, SlotState::kInKernel, static_cast<long>(event.res))) {
             in_kernel_.fetch_sub(1, std::memory_order_seq_cst);
           }
@@ -534,6 +586,7 @@ void Engine::MaybeReleaseContext(absl::Time now) {
 void Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) {
   struct iocb** cbs = submit_iocbs_.data();
   size_t kernel_count = 0;
+  int64_t unsignalled_count = 0;
   bool have_context = EnsureContext();
   for (size_t i = 0; i < count; ++i) {
     uint32_t index = batch[i];
@@ -559,17 +612,31 @@ void Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       slot.cb.aio_rw_flags |= RWF_NOWAIT;
       slot.flags |= core::kSlotNowait;
     }
+    // An inline caller reaps right after io_submit: for an fd whose requests finish inside it,
+    // the eventfd would only wake the reaper for nothing (see fd_kind_).
+    const bool unsignalled =
+        requeue != nullptr && (slot.flags & core::kSlotNowait) && FdCompletesInline(slot.cb.aio_fildes);
+    if (unsignalled) {
+      slot.cb.u.c.flags &= ~kIocbFlagResfd;
+      slot.flags |= core::kSlotUnsignalled;
+    }
     if (!slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kInKernel),
                                            std::memory_order_acq_rel, std::memory_order_acquire)) {
+      if (unsignalled) {
+        slot.cb.u.c.flags |= kIocbFlagResfd;
+        slot.flags &= ~core::kSlotUnsignalled;
+      }
       Complete(index, SlotState::kCancelledQueued, -ECANCELED);  // cancelled just now
       continue;
     }
+    if (unsignalled) ++unsignalled_count;
     cbs[kernel_count++] = &slot.cb;
   }
   if (kernel_count == 0) return;
   io_context_t ctx = reinterpret_cast<io_context_t>(context_.load(std::memory_order_relaxed));
   // Counted before io_submit: a completion can be reaped before io_submit returns.
   in_kernel_.fetch_add(static_cast<int64_t>(kernel_count), std::memory_order_seq_cst);
+  if (unsignalled_count > 0) unsignalled_.fetch_add(unsignalled_count, std::memory_order_seq_cst);
   last_kernel_activity_ = absl::Now();
   size_t done = 0;
   int eagain_streak = 0;
@@ -590,6 +657,7 @@ void Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     struct iocb* first = cbs[done];
     uint32_t index = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(first->data));
     core::Slot& slot = slots_.at(index);
+    if (rc != -EINTR) Resignal(slot);  // the kernel did not take it (only EINTR retries it as it is)
     switch (ClassifySubmitError(rc == 0 ? -EAGAIN : rc, slot.flags & core::kSlotNowait)) {
       case SubmitErrorClass::kInterrupted:
         continue;
@@ -601,6 +669,7 @@ void Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
           for (size_t i = done; i < kernel_count; ++i) {
             uint32_t rest = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(cbs[i]->data));
             core::Slot& s = slots_.at(rest);
+            Resignal(s);
             uint64_t w = s.word.load(std::memory_order_acquire);
             if (s.word.compare_exchange_strong(w, core::PackWord(WordGeneration(w), SlotState::kQueued),
                                                std::memory_order_acq_rel)) {
@@ -622,6 +691,7 @@ void Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
           for (size_t i = done; i < kernel_count; ++i) {
             uint32_t rest = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(cbs[i]->data));
             core::Slot& s = slots_.at(rest);
+            Resignal(s);
             uint64_t w = s.word.load(std::memory_order_acquire);
             if (options_.fallback_threads > 0 &&
                 s.word.compare_exchange_strong(w, core::PackWord(WordGeneration(w), SlotState::kPoolQueued),
@@ -664,19 +734,45 @@ void Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
 
 void Engine::ReaperLoop() {
   while (true) {
-    uint64_t value;
-    int rc = sys_.EventFdRead(kernel_efd_, &value);
-    if (rc < 0 && rc != -EINTR) {
-      // A failing eventfd read (seen only under fault injection) must not stop reaping: wait a
-      // little on the fd and look at the ring anyway.
-      struct pollfd pfd = {kernel_efd_, POLLIN, 0};
-      poll(&pfd, 1, 10);
+    if (unsignalled_.load(std::memory_order_seq_cst) > 0) {
+      WatchUnsignalled();
+    } else {
+      uint64_t value;
+      int rc = sys_.EventFdRead(kernel_efd_, &value);
+      if (rc < 0 && rc != -EINTR) {
+        // A failing eventfd read (seen only under fault injection) must not stop reaping: wait a
+        // little on the fd and look at the ring anyway.
+        struct pollfd pfd = {kernel_efd_, POLLIN, 0};
+        poll(&pfd, 1, 10);
+      }
+      AcquireRole(reap_role_);
+      ReapAvailable(/*inline_caller=*/false);
+      ReleaseRole(reap_role_);
     }
+    if (exiting_.load(std::memory_order_acquire) && in_kernel_.load(std::memory_order_acquire) == 0) break;
+  }
+}
+
+void Engine::WatchUnsignalled() {
+  reaper_watching_.store(true, std::memory_order_seq_cst);
+  std::vector<struct io_event>& events = reap_events_;
+  while (unsignalled_.load(std::memory_order_seq_cst) > 0) {
     AcquireRole(reap_role_);
-    ReapAvailable(/*inline_caller=*/false);
+    reaping_.store(true, std::memory_order_seq_cst);
+    if (in_kernel_.load(std::memory_order_seq_cst) > 0) {
+      io_context_t ctx = reinterpret_cast<io_context_t>(context_.load(std::memory_order_acquire));
+      // Blocks in the kernel until something finishes (with or without the eventfd flag); the
+      // timeout only bounds how long inline callers find the reap role taken.
+      struct timespec wait = {0, 2 * 1000 * 1000};
+      int got = sys_.IoGetEvents(ctx, 1, options_.reap_batch, events.data(), &wait);
+      if (got > 0) RouteEvents(events.data(), got, /*inline_caller=*/false);
+    }
+    ReapAvailable(/*inline_caller=*/false);  // the rest, without blocking; clears reaping_
     ReleaseRole(reap_role_);
     if (exiting_.load(std::memory_order_acquire) && in_kernel_.load(std::memory_order_acquire) == 0) break;
   }
+  // seq_cst, with EnsureUnsignalledWatched: after this store the caller re-checks unsignalled_.
+  reaper_watching_.store(false, std::memory_order_seq_cst);
 }
 
 void Engine::ReapAvailable(bool inline_caller) {
@@ -692,20 +788,7 @@ void Engine::ReapAvailable(bool inline_caller) {
       if (got < 0) std::fprintf(stderr, "kaio: io_getevents failed: %s\n", std::strerror(-got));
       break;
     }
-    for (int i = 0; i < got; ++i) {
-      uint32_t index = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(events[i].data));
-      // Errors are a negative res (res2 is 0); the seed read res2, which is wrong.
-      RouteKernelResult(index, static_cast<long>(events[i].res));
-    }
-    if (inline_caller) counters_.inline_reaped.fetch_add(static_cast<uint64_t>(got), std::memory_order_relaxed);
-    in_kernel_.fetch_sub(got, std::memory_order_seq_cst);
-    // The submitter may sleep waiting for room: wake it. Only then: a submitter that sleeps for
-    // want of work is not woken by every reap (measured: that was one needless wake-up, two context
-    // switches, per reaped batch).
-    if (room_wanted_.load(std::memory_order_seq_cst) && room_wanted_.exchange(false, std::memory_order_seq_cst)) {
-      work_seq_.fetch_add(2, std::memory_order_seq_cst);
-      WakeSubmitterOnce();
-    }
+    RouteEvents(events.data(), got, inline_caller);
     // No early exit on a short batch: io_getevents may return fewer events than are ready, and the
     // eventfd count that announced the rest is already consumed. Emptiness is the only exit (the
     // ring is read in user space, so the final empty look costs no syscall).
@@ -713,11 +796,29 @@ void Engine::ReapAvailable(bool inline_caller) {
   reaping_.store(false, std::memory_order_seq_cst);
 }
 
+void Engine::RouteEvents(const struct io_event* events, int got, bool inline_caller) {
+  for (int i = 0; i < got; ++i) {
+    uint32_t index = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(events[i].data));
+    // Errors are a negative res (res2 is 0); the seed read res2, which is wrong.
+    RouteKernelResult(index, static_cast<long>(events[i].res));
+  }
+  if (inline_caller) counters_.inline_reaped.fetch_add(static_cast<uint64_t>(got), std::memory_order_relaxed);
+  in_kernel_.fetch_sub(got, std::memory_order_seq_cst);
+  // The submitter may sleep waiting for room: wake it. Only then: a submitter that sleeps for
+  // want of work is not woken by every reap (measured: that was one needless wake-up, two context
+  // switches, per reaped batch).
+  if (room_wanted_.load(std::memory_order_seq_cst) && room_wanted_.exchange(false, std::memory_order_seq_cst)) {
+    work_seq_.fetch_add(2, std::memory_order_seq_cst);
+    WakeSubmitterOnce();
+  }
+}
+
 void Engine::RouteKernelResult(uint32_t index, int64_t result) {
   core::Slot& slot = slots_.at(index);
   // acquire: the kernel hand-off is invisible to TSan and to the memory model; this pairs with the
   // submitter's release into kInKernel, so the iocb and flags it wrote are visible here.
   uint64_t word = slot.word.load(std::memory_order_acquire);
+  Resignal(slot);  // whatever happens next (pool, another submission), it gets the eventfd back
   if ((slot.flags & core::kSlotNowait) && (result == -EAGAIN || result == -EOPNOTSUPP)) {
     // The kernel would have blocked: the request is not done, it needs a thread that may block.
     counters_.nowait_retries.fetch_add(1, std::memory_order_relaxed);

@@ -132,6 +132,19 @@ class Engine {
 
   void ReaperLoop();
   void ReapAvailable(bool inline_caller);
+  // Routes `got` events just taken from the ring (the caller holds the reap role).
+  void RouteEvents(const struct io_event* events, int got, bool inline_caller);
+  // While requests without the eventfd flag are in the kernel, the reaper waits in io_getevents.
+  void WatchUnsignalled();
+  // After an inline submission: make sure someone will notice unsignalled requests still running.
+  void EnsureUnsignalledWatched();
+  // Learns from an inline batch which fds finish their requests inside io_submit (see fd_kind_).
+  void LearnFdKinds(const uint32_t* batch, size_t count);
+  bool FdCompletesInline(int fd) const {
+    return fd >= 0 && fd < kFdKinds && fd_kind_[fd].load(std::memory_order_relaxed) == kFdCompletesInline;
+  }
+  // Gives back the eventfd flag of a request leaving the kernel (or never entering it).
+  void Resignal(core::Slot& slot);
   void RouteKernelResult(uint32_t index, int64_t result);
   static bool StoppedShort(const struct iocb& cb, int64_t result);
 
@@ -156,6 +169,18 @@ class Engine {
 
   alignas(64) std::atomic<int64_t> in_kernel_{0};  // iocbs io_submit took and the reaper has not seen
   std::atomic<bool> room_wanted_{false};  // the submitter sleeps until the kernel queue has room
+
+  // An inline submission leaves the eventfd flag (IOCB_FLAG_RESFD) off the requests on fds whose
+  // requests the kernel has so far finished inside io_submit (buffered RWF_NOWAIT reads and
+  // writes, pipes, sockets): the submitting thread reaps them at once, and no service thread is
+  // woken for them. An fd once seen with a request still running after io_submit returned (O_DIRECT,
+  // or a wrong guess after the fd number was reused) is async for good, and until every request
+  // sent without the flag is back, the reaper waits in io_getevents instead of on the eventfd.
+  enum FdKind : uint8_t { kFdUnknown = 0, kFdCompletesInline = 1, kFdAsync = 2 };
+  static constexpr int kFdKinds = 65536;  // fds beyond always get the eventfd flag
+  std::unique_ptr<std::atomic<uint8_t>[]> fd_kind_;
+  alignas(64) std::atomic<int64_t> unsignalled_{0};  // requests in the kernel without the flag
+  std::atomic<bool> reaper_watching_{false};         // the reaper waits in io_getevents
   std::atomic<bool> reaping_{false};   // the reaper may be inside io_getevents
   std::atomic<uintptr_t> context_{0};  // io_context_t; created and released by the submitter
 

@@ -89,10 +89,11 @@ TEST(InlineIo, ThePollingThreadSubmitsAndReapsCachedReadsItself) {
   EXPECT_EQ(after.requests_completed - before.requests_completed, requests);
   EXPECT_EQ(after.requests_failed, 0u);
   // The submitter sleeps between rounds, so (nearly) every round is submitted from this thread, in
-  // one io_submit for the round. (Who reaps is a race this test does not judge: the reaper thread,
-  // woken by the kernel's eventfd, or this thread.)
+  // one io_submit for the round; once kaio has seen that this fd's requests finish inside io_submit,
+  // they go without the eventfd flag and this thread reaps them (no service thread wakes up).
   EXPECT_GT(sys.watched_calls(), 0) << "no io_submit was made on the requester's thread";
   EXPECT_GT(after.inline_submitted - before.inline_submitted, requests / 2);
+  EXPECT_GT(after.inline_reaped - before.inline_reaped, requests / 2);
   EXPECT_LE(sys.watched_calls(), kRounds * 2) << "inline submission should batch a round into one io_submit";
 }
 
@@ -194,6 +195,44 @@ TEST(InlineIo, CancelBeforeTheFlushIsReal) {
   } else {
     EXPECT_EQ(result, static_cast<int64_t>(kBlock));
   }
+}
+
+// Inline submission leaves the eventfd flag off requests on an fd whose requests finished inside
+// io_submit so far. When that guess is wrong (here: the fd number now names an O_DIRECT file, whose
+// reads finish later, from the device), the reaper must still find them: it watches the ring in
+// io_getevents until every such request is back. Without that, this Wait would never return.
+TEST(InlineIo, AReusedFdNumberThatTurnedAsyncIsStillReaped) {
+  ThreadCountingSyscalls sys;
+  auto service = Service::CreateWithSyscalls({}, &sys);
+  ASSERT_TRUE(service.ok());
+  auto requester = InlineRequester(**service);
+  TempFile cached(64 * kBlock);
+  TempFile direct(64 * kBlock, O_DIRECT);
+  std::vector<char> warm(64 * kBlock);
+  ASSERT_EQ(pread(cached.fd(), warm.data(), warm.size(), 0), static_cast<ssize_t>(warm.size()));
+  const int fd = fcntl(cached.fd(), F_DUPFD_CLOEXEC, 100);
+  ASSERT_GE(fd, 0);
+  std::vector<AlignedBuffer> bufs;
+  for (int i = 0; i < 16; ++i) bufs.emplace_back(kBlock);
+  auto round = [&](int first) {
+    for (int i = 0; i < 16; ++i) {
+      ASSERT_TRUE(requester->Read(fd, bufs[i].data(), kBlock, (first + i) * kBlock, i).ok());
+    }
+    std::vector<Completion> done(16);
+    ASSERT_EQ(requester->Wait(absl::MakeSpan(done), 16, kDeadline), 16u) << "requests were lost";
+    for (const Completion& c : done) {
+      ASSERT_EQ(c.result, static_cast<int64_t>(kBlock));
+      ASSERT_EQ(bufs[c.tag].data()[4000], TempFile::PatternByte((first + c.tag) * kBlock + 4000));
+    }
+  };
+  sys.Watch(std::this_thread::get_id());
+  for (int r = 0; r < 3; ++r) round(r * 16);  // page-cache hits: the fd completes inside io_submit
+  ASSERT_GT(sys.watched_calls(), 0) << "never submitted inline: the test proves nothing";
+  // The same fd number now names the O_DIRECT file (as after close() and open()).
+  ASSERT_EQ(dup3(direct.fd(), fd, O_CLOEXEC), fd);
+  for (int r = 0; r < 3; ++r) round(r * 16);
+  EXPECT_GT((*service)->Stats().inline_reaped, 0u) << "the cached rounds were never reaped inline";
+  close(fd);
 }
 
 // Inline and ordinary requesters on four threads at once: every request answered once and right.
