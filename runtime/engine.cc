@@ -268,7 +268,7 @@ void Engine::SubmitInline(ProducerToken& token) {
     // not yet routed still looks as if it were running, and async is a verdict for good.)
     bool settled = true;
     if (in_kernel_.load(std::memory_order_seq_cst) > 0) {
-      settled = !reap_role_.exchange(true, std::memory_order_acquire);
+      settled = TakeReapRoleToLearn(inline_batch_.data(), count);
       if (settled) {
         ReapAvailable(/*inline_caller=*/true);
         ReleaseRole(reap_role_);
@@ -289,6 +289,27 @@ void Engine::ReapInline() {
   if (reap_role_.exchange(true, std::memory_order_acquire)) return;
   ReapAvailable(/*inline_caller=*/true);
   ReleaseRole(reap_role_);
+}
+
+bool Engine::TakeReapRoleToLearn(const uint32_t* batch, size_t count) {
+  if (!reap_role_.exchange(true, std::memory_order_acquire)) return true;
+  // Taken: usually by the reaper thread, woken by the eventfd of these very requests while we were
+  // still in io_submit, and routing them now. If an fd of this batch is still unknown, wait for it
+  // a little: otherwise, when routing is slow (a loaded machine, TSan), we might never learn.
+  bool unknown = false;
+  for (size_t i = 0; i < count && !unknown; ++i) {
+    const int fd = slots_.at(batch[i]).cb.aio_fildes;
+    unknown = fd >= 0 && fd < kFdKinds && fd_kind_[fd].load(std::memory_order_relaxed) == kFdUnknown;
+  }
+  if (!unknown || reaper_watching_.load(std::memory_order_relaxed)) return false;  // that one blocks
+  const int64_t give_up = NowNs() + 200 * 1000;
+  while (NowNs() < give_up) {
+    __builtin_ia32_pause();
+    if (!reap_role_.load(std::memory_order_relaxed) && !reap_role_.exchange(true, std::memory_order_acquire)) {
+      return true;
+    }
+  }
+  return false;
 }
 
 void Engine::LearnFdKinds(const uint32_t* batch, size_t count) {

@@ -140,6 +140,9 @@ class Engine {
   void EnsureUnsignalledWatched();
   // Learns from an inline batch which fds finish their requests inside io_submit (see fd_kind_).
   void LearnFdKinds(const uint32_t* batch, size_t count);
+  // The reap role for LearnFdKinds: at once if free; if taken and the batch has an fd of unknown
+  // kind, after a short spin (at most 200 us, never while the reaper blocks in io_getevents).
+  bool TakeReapRoleToLearn(const uint32_t* batch, size_t count);
   bool FdCompletesInline(int fd) const {
     return fd >= 0 && fd < kFdKinds && fd_kind_[fd].load(std::memory_order_relaxed) == kFdCompletesInline;
   }
