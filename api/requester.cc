@@ -331,6 +331,11 @@ int64_t Requester::Return(Ticket ticket) {
   core::SlotTable& slots = engine_.slots();
   core::Slot& slot = slots.at(index);
   uint64_t word = slot.word.load(std::memory_order_acquire);
+  if (WordState(word) != SlotState::kCompleted && inline_io_) {
+    // A caller that polls with Return() alone (POSIX style) must still see its requests move.
+    PumpInline();
+    word = slot.word.load(std::memory_order_acquire);
+  }
   if (WordState(word) != SlotState::kCompleted) return -EINPROGRESS;
   int64_t result = slot.result.load(std::memory_order_relaxed);
   uint64_t returned = core::PackWord(WordGeneration(word), SlotState::kReturned);

@@ -8,7 +8,8 @@
 // Inline I/O (RequesterOptions::inline_io), for threads that poll (an event loop, a loop around
 // Wait): instead of waking the service's threads, the requester's own thread submits its queued
 // requests (one io_submit for the lot) and reaps finished ones when it calls Poll, Wait, WaitAll,
-// WaitAny or Flush, whenever the service's submitter and reaper are idle. Requests then move only
+// WaitAny, Return (of an unfinished ticket) or Flush, whenever the service's submitter and reaper
+// are idle. Requests then move only
 // when this thread calls one of those: call Flush() before blocking anywhere else (epoll_wait on
 // the notify fd, say). Those calls may then make the io_submit syscall or hand a request to the
 // blocking pool, but they never sleep unless their name says Wait.

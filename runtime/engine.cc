@@ -148,7 +148,9 @@ Engine::Engine(const ServiceOptions& options, core::Syscalls& sys, int submit_ef
       submit_iocbs_(static_cast<size_t>(options.submit_batch)),
       inline_batch_(static_cast<size_t>(options.submit_batch)),
       last_kernel_activity_(absl::Now()),
-      reap_events_(static_cast<size_t>(options.reap_batch)) {}
+      reap_events_(static_cast<size_t>(options.reap_batch)) {
+  learn_.reserve(static_cast<size_t>(options.submit_batch));  // filled per inline batch, never grown
+}
 
 Engine::~Engine() {
   Shutdown();
@@ -233,7 +235,14 @@ bool Engine::EnqueueDeferred(ProducerToken& token, uint32_t index) {
   }
   // The same add as Enqueue: a submitter on its way to sleep sees it and drains again. Only the
   // wake-up is left to the caller's SubmitInline.
-  return (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) != 0;
+  if (!(work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1)) return false;
+  // Shutdown() sets stopping_ and then adds to work_seq_ (both seq_cst): if it kicked the submitter
+  // before our add, we see stopping_ here, and wake it ourselves rather than wait for a flush.
+  if (stopping_.load(std::memory_order_seq_cst)) {
+    WakeSubmitterOnce();
+    return false;
+  }
+  return true;
 }
 
 void Engine::SubmitInline(ProducerToken& token) {
@@ -261,21 +270,23 @@ void Engine::SubmitInline(ProducerToken& token) {
     size_t count = queue_.try_dequeue_bulk_from_producer(token, inline_batch_.data(), want);
     if (count == 0) break;
     counters_.inline_submitted.fetch_add(count, std::memory_order_relaxed);
-    SubmitBatch(inline_batch_.data(), count, &token);
+    learn_.clear();
+    const bool requeued = SubmitBatch(inline_batch_.data(), count, &token);
     // Requests the kernel finished inside io_submit (page-cache hits) are in the ring now: reap
     // them here, and learn from what is still running which fds need the eventfd.
     // (Only when no one else is halfway through a reap: a request it has taken from the ring but
     // not yet routed still looks as if it were running, and async is a verdict for good.)
     bool settled = true;
     if (in_kernel_.load(std::memory_order_seq_cst) > 0) {
-      settled = TakeReapRoleToLearn(inline_batch_.data(), count);
+      settled = TakeReapRoleToLearn(learn_.data(), learn_.size());
       if (settled) {
         ReapAvailable(/*inline_caller=*/true);
         ReleaseRole(reap_role_);
       }
     }
-    if (settled) LearnFdKinds(inline_batch_.data(), count);
+    if (settled) LearnFdKinds(learn_.data(), learn_.size());
     EnsureUnsignalledWatched();
+    if (requeued) break;  // the kernel queue is full: the rest is the submitter's now
     if (count < want) break;
   }
   ReleaseRole(submit_role_);
@@ -301,7 +312,7 @@ bool Engine::TakeReapRoleToLearn(const uint32_t* batch, size_t count) {
     const int fd = slots_.at(batch[i]).cb.aio_fildes;
     unknown = fd >= 0 && fd < kFdKinds && fd_kind_[fd].load(std::memory_order_relaxed) == kFdUnknown;
   }
-  if (!unknown || reaper_watching_.load(std::memory_order_relaxed)) return false;  // that one blocks
+  if (!unknown) return false;
   const int64_t give_up = NowNs() + 200 * 1000;
   while (NowNs() < give_up) {
     __builtin_ia32_pause();
@@ -348,11 +359,15 @@ void Engine::Resignal(core::Slot& slot) {
 void Engine::AcquireRole(std::atomic<bool>& role) {
   for (int spins = 0; role.exchange(true, std::memory_order_acquire); ++spins) {
     // Holders keep a role for one drain or one reap; on 2 CPUs the holder may be preempted, so
-    // give the CPU away rather than spin a whole time slice.
-    if (spins >= 64) {
+    // give the CPU away rather than spin a whole time slice, and if it takes long (an inline
+    // holder inside an io_submit that blocks), stop burning the CPU altogether.
+    if (spins < 64) {
+      __builtin_ia32_pause();
+    } else if (spins < 1024) {
       sched_yield();
     } else {
-      __builtin_ia32_pause();
+      struct timespec pause = {0, 50 * 1000};
+      nanosleep(&pause, nullptr);
     }
   }
 }
@@ -423,6 +438,7 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
           Resignal(slot);
           if (Complete(index, SlotState::kInKernel, static_cast<long>(event.res))) {
             in_kernel_.fetch_sub(1, std::memory_order_seq_cst);
+            OnRoomFreed();
           }
           return CancelResult::kCanceled;
         }
@@ -604,7 +620,7 @@ void Engine::MaybeReleaseContext(absl::Time now) {
   counters_.contexts_released.fetch_add(1, std::memory_order_relaxed);
 }
 
-void Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) {
+bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) {
   struct iocb** cbs = submit_iocbs_.data();
   size_t kernel_count = 0;
   int64_t unsignalled_count = 0;
@@ -653,7 +669,7 @@ void Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     if (unsignalled) ++unsignalled_count;
     cbs[kernel_count++] = &slot.cb;
   }
-  if (kernel_count == 0) return;
+  if (kernel_count == 0) return false;
   io_context_t ctx = reinterpret_cast<io_context_t>(context_.load(std::memory_order_relaxed));
   // Counted before io_submit: a completion can be reaped before io_submit returns.
   in_kernel_.fetch_add(static_cast<int64_t>(kernel_count), std::memory_order_seq_cst);
@@ -670,6 +686,11 @@ void Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       counters_.max_io_submit_ns.store(took, std::memory_order_relaxed);  // single writer
     }
     if (rc > 0) {
+      if (requeue != nullptr) {
+        for (int i = 0; i < rc; ++i) {
+          learn_.push_back(static_cast<uint32_t>(reinterpret_cast<uintptr_t>(cbs[done + static_cast<size_t>(i)]->data)));
+        }
+      }
       counters_.kernel_submitted.fetch_add(static_cast<uint64_t>(rc), std::memory_order_relaxed);
       done += static_cast<size_t>(rc);
       eagain_streak = 0;
@@ -694,15 +715,16 @@ void Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
             uint64_t w = s.word.load(std::memory_order_acquire);
             if (s.word.compare_exchange_strong(w, core::PackWord(WordGeneration(w), SlotState::kQueued),
                                                std::memory_order_acq_rel)) {
-              queue_.enqueue(*requeue, rest);
+              if (!queue_.enqueue(*requeue, rest)) Complete(rest, SlotState::kQueued, -ENOMEM);
             } else {
               Complete(rest, SlotState::kInKernel, -EAGAIN);
             }
           }
           in_kernel_.fetch_sub(static_cast<int64_t>(kernel_count - done), std::memory_order_seq_cst);
+          OnRoomFreed();
           work_seq_.fetch_add(2, std::memory_order_seq_cst);
           WakeSubmitterOnce();
-          return;
+          return true;
         }
         // The kernel's ring is full (other users of this context's share of aio-nr, or a fault).
         // Wait for the reaper to make room; if nothing of ours is in flight, the refusal is not
@@ -723,7 +745,8 @@ void Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
             }
           }
           in_kernel_.fetch_sub(static_cast<int64_t>(kernel_count - done), std::memory_order_seq_cst);
-          return;
+          OnRoomFreed();
+          return false;
         }
         uint64_t seq = work_seq_.load(std::memory_order_acquire);
         if (work_seq_.compare_exchange_strong(seq, seq | 1, std::memory_order_seq_cst)) {
@@ -747,8 +770,10 @@ void Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
         break;
     }
     in_kernel_.fetch_sub(1, std::memory_order_seq_cst);
+    OnRoomFreed();
     ++done;
   }
+  return false;
 }
 
 // ---------------------------------------------------------------- reaper
@@ -776,19 +801,17 @@ void Engine::ReaperLoop() {
 
 void Engine::WatchUnsignalled() {
   reaper_watching_.store(true, std::memory_order_seq_cst);
-  std::vector<struct io_event>& events = reap_events_;
   while (unsignalled_.load(std::memory_order_seq_cst) > 0) {
-    AcquireRole(reap_role_);
-    reaping_.store(true, std::memory_order_seq_cst);
-    if (in_kernel_.load(std::memory_order_seq_cst) > 0) {
-      io_context_t ctx = reinterpret_cast<io_context_t>(context_.load(std::memory_order_acquire));
-      // Blocks in the kernel until something finishes (with or without the eventfd flag); the
-      // timeout only bounds how long inline callers find the reap role taken.
-      struct timespec wait = {0, 2 * 1000 * 1000};
-      int got = sys_.IoGetEvents(ctx, 1, options_.reap_batch, events.data(), &wait);
-      if (got > 0) RouteEvents(events.data(), got, /*inline_caller=*/false);
+    // Requests without the eventfd flag announce nothing: look at the ring every millisecond (or
+    // at once when a flagged one completes). Only a wrong guess about an fd lands here, and that
+    // fd is then async for good, so this is rare; the reap role stays free meanwhile.
+    struct pollfd pfd = {kernel_efd_, POLLIN, 0};
+    if (poll(&pfd, 1, 1) > 0) {
+      uint64_t value;
+      sys_.EventFdRead(kernel_efd_, &value);
     }
-    ReapAvailable(/*inline_caller=*/false);  // the rest, without blocking; clears reaping_
+    AcquireRole(reap_role_);
+    ReapAvailable(/*inline_caller=*/false);
     ReleaseRole(reap_role_);
     if (exiting_.load(std::memory_order_acquire) && in_kernel_.load(std::memory_order_acquire) == 0) break;
   }
@@ -825,9 +848,14 @@ void Engine::RouteEvents(const struct io_event* events, int got, bool inline_cal
   }
   if (inline_caller) counters_.inline_reaped.fetch_add(static_cast<uint64_t>(got), std::memory_order_relaxed);
   in_kernel_.fetch_sub(got, std::memory_order_seq_cst);
+  OnRoomFreed();
+}
+
+void Engine::OnRoomFreed() {
   // The submitter may sleep waiting for room: wake it. Only then: a submitter that sleeps for
   // want of work is not woken by every reap (measured: that was one needless wake-up, two context
-  // switches, per reaped batch).
+  // switches, per reaped batch). Called after every decrement of in_kernel_ (seq_cst, see the
+  // submitter's sleep).
   if (room_wanted_.load(std::memory_order_seq_cst) && room_wanted_.exchange(false, std::memory_order_seq_cst)) {
     work_seq_.fetch_add(2, std::memory_order_seq_cst);
     WakeSubmitterOnce();
@@ -851,7 +879,10 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
       slot.flags |= core::kSlotForceKernel;
       if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kQueued),
                                             std::memory_order_acq_rel)) {
-        queue_.enqueue(*reaper_token_, index);
+        if (!queue_.enqueue(*reaper_token_, index)) {
+          Complete(index, SlotState::kQueued, -ENOMEM);
+          return;
+        }
         if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitterOnce();
       }
       return;
@@ -899,7 +930,13 @@ void Engine::PoolPush(uint32_t index) {
   std::lock_guard<std::mutex> lock(pool_mu_);
   pool_queue_.push_back(index);
   if (pool_idle_ == 0 && static_cast<int>(pool_threads_.size()) < std::max(1, options_.fallback_threads)) {
+    // This may run on an inline_io requester's thread: the worker must not inherit its signal mask
+    // (kaio's threads block every signal, so a process-directed signal never lands on them).
+    sigset_t all_signals, caller_mask;
+    sigfillset(&all_signals);
+    pthread_sigmask(SIG_BLOCK, &all_signals, &caller_mask);
     pool_threads_.emplace_back([this] { PoolLoop(); });
+    pthread_sigmask(SIG_SETMASK, &caller_mask, nullptr);
     std::string name = absl::StrCat("kaio-pool-", pool_threads_.size() - 1);
     pthread_setname_np(pool_threads_.back().native_handle(), name.substr(0, 15).c_str());
     counters_.pool_threads.fetch_add(1, std::memory_order_relaxed);

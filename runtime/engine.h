@@ -119,7 +119,10 @@ class Engine {
   // Submits `batch` (the caller holds the submit role). With `requeue` (an inline caller, which
   // must not wait), what the kernel refuses for a full queue goes back to the queue through it
   // and the submitter is woken; without, the submitter waits for room.
-  void SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue);
+  // Returns true if it handed requests back that way (the caller must stop submitting).
+  bool SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue);
+  // After every decrement of in_kernel_: wakes a submitter that sleeps for room.
+  void OnRoomFreed();
   // Roles are held for the length of a drain or a reap; a service thread waits for one, an inline
   // caller only tries.
   static void AcquireRole(std::atomic<bool>& role);
@@ -134,14 +137,14 @@ class Engine {
   void ReapAvailable(bool inline_caller);
   // Routes `got` events just taken from the ring (the caller holds the reap role).
   void RouteEvents(const struct io_event* events, int got, bool inline_caller);
-  // While requests without the eventfd flag are in the kernel, the reaper waits in io_getevents.
+  // While requests without the eventfd flag are in the kernel, the reaper looks at the ring often.
   void WatchUnsignalled();
   // After an inline submission: make sure someone will notice unsignalled requests still running.
   void EnsureUnsignalledWatched();
   // Learns from an inline batch which fds finish their requests inside io_submit (see fd_kind_).
   void LearnFdKinds(const uint32_t* batch, size_t count);
   // The reap role for LearnFdKinds: at once if free; if taken and the batch has an fd of unknown
-  // kind, after a short spin (at most 200 us, never while the reaper blocks in io_getevents).
+  // kind, after a short spin (at most 200 us).
   bool TakeReapRoleToLearn(const uint32_t* batch, size_t count);
   bool FdCompletesInline(int fd) const {
     return fd >= 0 && fd < kFdKinds && fd_kind_[fd].load(std::memory_order_relaxed) == kFdCompletesInline;
@@ -178,12 +181,12 @@ class Engine {
   // writes, pipes, sockets): the submitting thread reaps them at once, and no service thread is
   // woken for them. An fd once seen with a request still running after io_submit returned (O_DIRECT,
   // or a wrong guess after the fd number was reused) is async for good, and until every request
-  // sent without the flag is back, the reaper waits in io_getevents instead of on the eventfd.
+  // sent without the flag is back, the reaper looks at the ring every millisecond.
   enum FdKind : uint8_t { kFdUnknown = 0, kFdCompletesInline = 1, kFdAsync = 2 };
   static constexpr int kFdKinds = 65536;  // fds beyond always get the eventfd flag
   std::unique_ptr<std::atomic<uint8_t>[]> fd_kind_;
   alignas(64) std::atomic<int64_t> unsignalled_{0};  // requests in the kernel without the flag
-  std::atomic<bool> reaper_watching_{false};         // the reaper waits in io_getevents
+  std::atomic<bool> reaper_watching_{false};         // the reaper is in WatchUnsignalled
   std::atomic<bool> reaping_{false};   // the reaper may be inside io_getevents
   std::atomic<uintptr_t> context_{0};  // io_context_t; created and released by the submitter
 
@@ -200,6 +203,7 @@ class Engine {
   // Guarded by the submit role.
   std::vector<struct iocb*> submit_iocbs_;
   std::vector<uint32_t> inline_batch_;
+  std::vector<uint32_t> learn_;  // the requests of an inline batch io_submit accepted
   absl::Time last_kernel_activity_;
   // Guarded by the reap role.
   std::vector<struct io_event> reap_events_;

@@ -173,6 +173,36 @@ TEST(InlineIo, AFullKernelQueueHandsTheRestToTheSubmitter) {
   EXPECT_EQ(after.pool_requests, 0u);
 }
 
+// The kernel keeps refusing (EAGAIN) while more than one batch is queued: the inline caller must
+// hand the rest to the submitter and return, not take the requeued requests back and try again
+// forever (it did: Poll never returned, the submitter spun on the submit role).
+TEST(InlineIo, PersistentEagainDoesNotKeepTheCallerInPoll) {
+  FaultSyscalls sys;
+  ServiceOptions options;
+  options.submit_batch = 4;
+  auto service = Service::CreateWithSyscalls(options, &sys);
+  ASSERT_TRUE(service.ok());
+  auto requester = InlineRequester(**service);
+  TempFile file(64 * kBlock, O_DIRECT);
+  std::vector<AlignedBuffer> bufs;
+  for (int i = 0; i < 16; ++i) bufs.emplace_back(kBlock);
+  ReadRound(*requester, file, bufs, 0, 16);
+  sys.submit_error = -EAGAIN;
+  sys.submit_error_count = 1 << 30;  // until the test says otherwise
+  for (int i = 0; i < 16; ++i) ASSERT_TRUE(requester->Read(file.fd(), bufs[i].data(), kBlock, i * kBlock, i).ok());
+  std::vector<Completion> done(16);
+  size_t got = requester->Poll(absl::MakeSpan(done));  // returns: that is the point
+  // With nothing of ours in the kernel, the submitter gives up on the kernel after a while and the
+  // pool runs them; every request completes, with its data.
+  got += requester->Wait(absl::MakeSpan(done).subspan(got), 16 - got, kDeadline);
+  sys.submit_error_count = 0;
+  ASSERT_EQ(got, 16u);
+  for (const Completion& c : done) {
+    EXPECT_EQ(c.result, static_cast<int64_t>(kBlock));
+    EXPECT_EQ(bufs[c.tag].data()[7], TempFile::PatternByte(c.tag * kBlock + 7));
+  }
+}
+
 // Cancel of a request queued by an inline requester and not yet flushed: never submitted.
 TEST(InlineIo, CancelBeforeTheFlushIsReal) {
   auto service = Service::Create({});
