@@ -38,12 +38,12 @@ run_once() {
 }
 
 DEVICE=(--rw=randread --bs=4k --direct=1 --size=1g --filename="$FILE" --runtime="$RUNTIME" --ramp="$RAMP"
-        --rounds="$ROUNDS" --engines=kaio,libaio,posixaio,threadpool,io_uring,fio)
+        --rounds="$ROUNDS" --engines=kaio,kaio-threads,libaio,posixaio,threadpool,io_uring,fio)
 run_once device-qd32 "${DEVICE[@]}" --iodepth=32
 run_once device-qd128 "${DEVICE[@]}" --iodepth=128
 
 CACHE=(--rw=randread --bs=4k --direct=0 --cache=warm --size=1g --filename="$FILE" --runtime="$RUNTIME" --ramp="$RAMP"
-       --rounds="$ROUNDS" --engines=kaio,libaio,posixaio,threadpool,io_uring,fio,fio-posixaio,fio-psync)
+       --rounds="$ROUNDS" --engines=kaio,kaio-threads,libaio,posixaio,threadpool,io_uring,fio,fio-posixaio,fio-psync)
 run_once pagecache-qd32 "${CACHE[@]}" --iodepth=32
 run_once pagecache-qd1 "${CACHE[@]}" --iodepth=1
 echo "JSON in $OUT; the test file $FILE is kept for the next run (delete it when done)."
