@@ -416,10 +416,12 @@ class Run {
     Slot& s = PickSlot();
     uint8_t op = in_.U8() % 16;
     if (s.requester == nullptr) {
-      auto r = Requester::Create(*service_);
+      RequesterOptions options;
+      options.inline_io = (op & 1) != 0;  // half the requesters submit and reap on this thread
+      auto r = Requester::Create(*service_, options);
       if (!r.ok()) Violation("Requester::Create failed");
       s.requester = *std::move(r);
-      Trace("r%d created", static_cast<int>(&s - slots_.data()));
+      Trace("r%d created%s", static_cast<int>(&s - slots_.data()), options.inline_io ? " (inline_io)" : "");
       return;
     }
     Requester& r = *s.requester;
@@ -546,6 +548,7 @@ class Run {
         return;
       }
       case 14: {
+        r.Flush();  // what an inline_io loop does before it waits on the notify fd (no-op otherwise)
         int fd = r.NotifyFd();
         struct pollfd p = {fd, POLLIN, 0};
         if (poll(&p, 1, 0) < 0) Violation("poll on the notify fd failed");
