@@ -197,7 +197,7 @@ void Engine::Unclaim(uint32_t index) {
   slots_.Free(index, slots_.at(index).word.load(std::memory_order_relaxed));
 }
 
-void Engine::Enqueue(ProducerToken& token, uint32_t index) {
+bool Engine::QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submitter_sleeps) {
   core::Slot& slot = slots_.at(index);
   uint64_t word = slot.word.load(std::memory_order_relaxed);
   // release: the submitter (or a canceller) that acquires kQueued sees the filled iocb.
@@ -206,10 +206,16 @@ void Engine::Enqueue(ProducerToken& token, uint32_t index) {
     // moodycamel fails only when it cannot allocate a block: complete the request with ENOMEM
     // rather than lose it.
     Complete(index, SlotState::kQueued, -ENOMEM);
-    return;
+    return false;
   }
   // seq_cst: the add is ordered after the enqueue for the submitter's CAS (see work_seq_).
-  if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitterOnce();
+  *submitter_sleeps = (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) != 0;
+  return true;
+}
+
+void Engine::Enqueue(ProducerToken& token, uint32_t index) {
+  bool submitter_sleeps = false;
+  if (QueueAndAnnounce(token, index, &submitter_sleeps) && submitter_sleeps) WakeSubmitterOnce();
 }
 
 void Engine::WakeSubmitterOnce() {
@@ -226,16 +232,10 @@ void Engine::WakeSubmitter() {
 // ---------------------------------------------------------------- inline I/O
 
 bool Engine::EnqueueDeferred(ProducerToken& token, uint32_t index) {
-  core::Slot& slot = slots_.at(index);
-  uint64_t word = slot.word.load(std::memory_order_relaxed);
-  slot.word.store(core::PackWord(WordGeneration(word), SlotState::kQueued), std::memory_order_release);
-  if (!queue_.enqueue(token, index)) {
-    Complete(index, SlotState::kQueued, -ENOMEM);
-    return false;
-  }
   // The same add as Enqueue: a submitter on its way to sleep sees it and drains again. Only the
   // wake-up is left to the caller's SubmitInline.
-  if (!(work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1)) return false;
+  bool submitter_sleeps = false;
+  if (!QueueAndAnnounce(token, index, &submitter_sleeps) || !submitter_sleeps) return false;
   // Shutdown() sets stopping_ and then adds to work_seq_ (both seq_cst): if it kicked the submitter
   // before our add, we see stopping_ here, and wake it ourselves rather than wait for a flush.
   if (stopping_.load(std::memory_order_seq_cst)) {

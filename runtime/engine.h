@@ -115,6 +115,10 @@ class Engine {
   // `from` (another thread got there first).
   bool Complete(uint32_t index, core::SlotState from, int64_t result);
 
+  // Moves a filled slot to kQueued, queues it and adds to work_seq_; false if the queue could not
+  // take it (then it completed with ENOMEM). *submitter_sleeps: the add saw the sleep bit.
+  bool QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submitter_sleeps);
+
   void SubmitterLoop();
   // Submits `batch` (the caller holds the submit role). With `requeue` (an inline caller, which
   // must not wait), what the kernel refuses for a full queue goes back to the queue through it

@@ -144,16 +144,22 @@ TEST(Fallback, LargePipeWriteCompletesInFull) {
 
 // Regression: a buffered read of a file whose first pages only are cached stopped at the first
 // uncached page under RWF_NOWAIT, and that short count was delivered although the file goes on.
+// Drops the file from the page cache, then reads its first page back in: a buffered read of the
+// whole file then stops short under RWF_NOWAIT, at the first page that is not cached.
+void CacheOnlyTheFirstPage(const TempFile& file) {
+  ASSERT_EQ(fdatasync(file.fd()), 0);
+  ASSERT_EQ(posix_fadvise(file.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
+  char first[kBlock];
+  ASSERT_EQ(pread(file.fd(), first, kBlock, 0), static_cast<ssize_t>(kBlock));
+}
+
 TEST(Fallback, PartlyCachedReadCompletesInFull) {
   auto service = Service::Create({});
   ASSERT_TRUE(service.ok());
   auto requester = Requester::Create(**service);
   ASSERT_TRUE(requester.ok());
   TempFile file(256 * kBlock);
-  ASSERT_EQ(fdatasync(file.fd()), 0);
-  ASSERT_EQ(posix_fadvise(file.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
-  char first[kBlock];
-  ASSERT_EQ(pread(file.fd(), first, kBlock, 0), static_cast<ssize_t>(kBlock));  // cache the first page
+  ASSERT_NO_FATAL_FAILURE(CacheOnlyTheFirstPage(file));
   std::vector<char> got(256 * kBlock), want(256 * kBlock);
   auto t = (*requester)->Read(file.fd(), got.data(), got.size(), 0);
   ASSERT_TRUE(t.ok());
@@ -201,10 +207,7 @@ TEST(Fallback, PartlyCachedReadvCompletesInFull) {
   auto requester = Requester::Create(**service);
   ASSERT_TRUE(requester.ok());
   TempFile file(256 * kBlock);
-  ASSERT_EQ(fdatasync(file.fd()), 0);
-  ASSERT_EQ(posix_fadvise(file.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
-  char first[kBlock];
-  ASSERT_EQ(pread(file.fd(), first, kBlock, 0), static_cast<ssize_t>(kBlock));  // cache the first page
+  ASSERT_NO_FATAL_FAILURE(CacheOnlyTheFirstPage(file));
   std::vector<char> got(256 * kBlock), want(256 * kBlock);
   const size_t cuts[] = {0, 100, kBlock + 7, 100 * kBlock, got.size()};
   struct iovec iov[4];
