@@ -12,7 +12,8 @@
 // are idle. Requests then move only
 // when this thread calls one of those: call Flush() before blocking anywhere else (epoll_wait on
 // the notify fd, say). Those calls may then make the io_submit syscall or hand a request to the
-// blocking pool, but they never sleep unless their name says Wait.
+// blocking pool, but they never sleep unless their name says Wait. With ServiceOptions::
+// fallback_threads == 0 there is no RWF_NOWAIT (io_submit itself might block), so inline_io is off.
 //
 // Ownership: buffers and iovec arrays belong to the caller and must stay valid until the request's
 // completion has been consumed. Destroying a Requester waits for its outstanding requests.

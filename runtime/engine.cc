@@ -145,6 +145,7 @@ Engine::Engine(const ServiceOptions& options, core::Syscalls& sys, int submit_ef
       kernel_efd_(kernel_efd),
       fd_kind_(new std::atomic<uint8_t>[kFdKinds]()),
       reaper_token_(std::make_unique<ProducerToken>(queue_)),
+      device_chunk_(static_cast<size_t>(std::clamp(options.device_submit_chunk, 1, options.submit_batch))),
       submit_iocbs_(static_cast<size_t>(options.submit_batch)),
       inline_batch_(static_cast<size_t>(options.submit_batch)),
       last_kernel_activity_(absl::Now()),
@@ -232,6 +233,12 @@ void Engine::WakeSubmitter() {
 // ---------------------------------------------------------------- inline I/O
 
 bool Engine::EnqueueDeferred(ProducerToken& token, uint32_t index) {
+  if (options_.fallback_threads == 0) {
+    // Without the pool nothing is sent with RWF_NOWAIT, so io_submit itself may block (a pipe, a
+    // cache miss): never on the caller's thread. Everything goes through the submitter.
+    Enqueue(token, index);
+    return false;
+  }
   // The same add as Enqueue: a submitter on its way to sleep sees it and drains again. Only the
   // wake-up is left to the caller's SubmitInline.
   bool submitter_sleeps = false;
@@ -253,7 +260,8 @@ void Engine::SubmitInline(ProducerToken& token) {
     WakeSubmitterOnce();
     return;
   }
-  if (context_.load(std::memory_order_relaxed) == 0 || exiting_.load(std::memory_order_acquire)) {
+  if (context_.load(std::memory_order_relaxed) == 0 || exiting_.load(std::memory_order_acquire) ||
+      options_.fallback_threads == 0) {
     // Creating the io context (or the pool fallback when it cannot be) is the submitter's job.
     ReleaseRole(submit_role_);
     WakeSubmitterOnce();
@@ -624,6 +632,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
   struct iocb** cbs = submit_iocbs_.data();
   size_t kernel_count = 0;
   int64_t unsignalled_count = 0;
+  bool goes_to_device = false;
   bool have_context = EnsureContext();
   for (size_t i = 0; i < count; ++i) {
     uint32_t index = batch[i];
@@ -651,8 +660,9 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     }
     // An inline caller reaps right after io_submit: for an fd whose requests finish inside it,
     // the eventfd would only wake the reaper for nothing (see fd_kind_).
-    const bool unsignalled =
-        requeue != nullptr && (slot.flags & core::kSlotNowait) && FdCompletesInline(slot.cb.aio_fildes);
+    const bool completes_inline = FdCompletesInline(slot.cb.aio_fildes);
+    if (!completes_inline) goes_to_device = true;
+    const bool unsignalled = requeue != nullptr && (slot.flags & core::kSlotNowait) && completes_inline;
     if (unsignalled) {
       slot.cb.u.c.flags &= ~kIocbFlagResfd;
       slot.flags |= core::kSlotUnsignalled;
@@ -679,7 +689,11 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
   int eagain_streak = 0;
   while (done < kernel_count) {
     int64_t start = NowNs();
-    int rc = sys_.IoSubmit(ctx, static_cast<long>(kernel_count - done), cbs + done);
+    // A call's requests reach the device only when it returns (the block layer plugs them): split
+    // a batch that goes to a device (see ServiceOptions::device_submit_chunk).
+    size_t nr = kernel_count - done;
+    if (goes_to_device) nr = std::min(nr, device_chunk_);
+    int rc = sys_.IoSubmit(ctx, static_cast<long>(nr), cbs + done);
     int64_t took = NowNs() - start;
     counters_.io_submit_calls.fetch_add(1, std::memory_order_relaxed);
     if (took > counters_.max_io_submit_ns.load(std::memory_order_relaxed)) {

@@ -86,6 +86,8 @@ class Engine {
   // calling thread when the submit role is free and an io context exists, else wakes the
   // submitter. ReapInline reaps the kernel's ring on the calling thread unless another thread is
   // reaping. Neither sleeps; both may call io_submit, take the pool's mutex or start a pool thread.
+  // Only requests sent with RWF_NOWAIT are submitted inline, so with fallback_threads == 0 (no
+  // NOWAIT) EnqueueDeferred is Enqueue and SubmitInline hands everything to the submitter.
   bool EnqueueDeferred(ProducerToken& token, uint32_t index);
   void SubmitInline(ProducerToken& token);
   void ReapInline();
@@ -204,6 +206,7 @@ class Engine {
 
   // Guarded by the reap role: the reaper re-queues NOWAIT refusals with it.
   std::unique_ptr<ProducerToken> reaper_token_;
+  const size_t device_chunk_;  // ServiceOptions::device_submit_chunk, clamped
   // Guarded by the submit role.
   std::vector<struct iocb*> submit_iocbs_;
   std::vector<uint32_t> inline_batch_;

@@ -366,6 +366,7 @@ TEST(Batching, ABusySubmitterSendsManyRequestsPerIoSubmit) {
   ServiceOptions options;
   options.queue_depth = 1024;
   options.submit_batch = 128;
+  options.device_submit_chunk = 128;  // the drain's batching, not the device chunking (tested below)
   auto service = Service::CreateWithSyscalls(options, &sys);
   ASSERT_TRUE(service.ok());
   auto requester = NewRequester(**service);
@@ -388,6 +389,34 @@ TEST(Batching, ABusySubmitterSendsManyRequestsPerIoSubmit) {
     return stats.kernel_submitted + stats.pool_requests - stats.nowait_retries == 1000u;
   }));
   EXPECT_LE(stats.io_submit_calls, 20u) << "average batch " << stats.average_batch;
+}
+
+// A batch bound for a device is passed to io_submit device_submit_chunk requests at a time (the
+// kernel holds a call's requests back from the device until the call returns).
+TEST(Batching, RequestsForADeviceGoToIoSubmitInChunks) {
+  FaultSyscalls sys;
+  ServiceOptions options;
+  options.submit_batch = 16;
+  options.device_submit_chunk = 4;
+  auto service = Service::CreateWithSyscalls(options, &sys);
+  ASSERT_TRUE(service.ok());
+  auto requester = NewRequester(**service);
+  TempFile file(64 * kBlock, O_DIRECT);
+  AlignedBuffer buf(16 * kBlock);
+  const int calls_before = sys.submit_calls.load();
+  sys.submit_gate.Close();  // hold the submitter so the 16 are drained as one batch
+  std::vector<Ticket> tickets;
+  for (int i = 0; i < 16; ++i) {
+    auto t = requester->Read(file.fd(), buf.data() + i * kBlock, kBlock, i * kBlock);
+    ASSERT_TRUE(t.ok());
+    tickets.push_back(*t);
+    if (i == 0) sys.submit_gate.WaitArrived(1);
+  }
+  sys.submit_gate.Open();
+  ASSERT_TRUE(requester->WaitAll(tickets, absl::Seconds(30)).ok());
+  for (Ticket t : tickets) ASSERT_EQ(requester->Return(t), static_cast<int64_t>(kBlock));
+  // The first request alone, then the other 15 as one drained batch in calls of at most 4.
+  EXPECT_EQ(sys.submit_calls.load() - calls_before, 1 + 4);
 }
 
 TEST(Batching, FourThreadsOverflowADepthOfFourAndNothingFails) {

@@ -134,6 +134,7 @@ Engines
                       fio-psync...): runs Debian's fio on the same files with the same settings
   --kaio-queue-depth=N     ServiceOptions::queue_depth (default max(128, threads*iodepth))
   --kaio-submit-batch=N    ServiceOptions::submit_batch (default 16)
+  --kaio-device-chunk=N    ServiceOptions::device_submit_chunk (default 4)
   --kaio-reap-batch=N      ServiceOptions::reap_batch (default 64)
   --kaio-fallback-threads=N  ServiceOptions::fallback_threads (default 4)
   --kaio-submitter-cpu=N, --kaio-reaper-cpu=N   pin kaio's threads (default: not pinned)
@@ -308,6 +309,10 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
       absl::StatusOr<int> v = ParseInt(name, value, 1, 1 << 20);
       if (!v.ok()) return v.status();
       o.kaio_queue_depth = *v;
+    } else if (name == "kaio-device-chunk") {
+      absl::StatusOr<int> v = ParseInt(name, value, 1, 1 << 16);
+      if (!v.ok()) return v.status();
+      o.kaio_device_chunk = *v;
     } else if (name == "kaio-submit-batch") {
       absl::StatusOr<int> v = ParseInt(name, value, 1, 1 << 16);
       if (!v.ok()) return v.status();

@@ -59,6 +59,7 @@ struct Options {
   // Engine knobs.
   int kaio_queue_depth = 0;  // 0: max(128, threads * iodepth)
   int kaio_submit_batch = 16;
+  int kaio_device_chunk = 4;
   int kaio_reap_batch = 64;
   int kaio_fallback_threads = 4;
   int kaio_submitter_cpu = -1;

@@ -97,6 +97,7 @@ class KaioEngine : public Engine {
       : spin_(o.kaio_spin), inline_io_(inline_io), name_(std::move(name)) {
     options_.queue_depth = o.kaio_queue_depth > 0 ? o.kaio_queue_depth : std::max(128, o.threads * o.iodepth);
     options_.submit_batch = o.kaio_submit_batch;
+    options_.device_submit_chunk = o.kaio_device_chunk;
     options_.reap_batch = o.kaio_reap_batch;
     options_.fallback_threads = o.kaio_fallback_threads;
     options_.submitter_cpu = o.kaio_submitter_cpu;
@@ -105,8 +106,9 @@ class KaioEngine : public Engine {
 
   std::string name() const override { return name_; }
   std::string Describe() const override {
-    return absl::StrFormat("kaio::Service queue_depth=%d submit_batch=%d reap_batch=%d fallback_threads=%d; %s; %s%s",
-                           options_.queue_depth, options_.submit_batch, options_.reap_batch,
+    return absl::StrFormat("kaio::Service queue_depth=%d submit_batch=%d device_submit_chunk=%d reap_batch=%d "
+                           "fallback_threads=%d; %s; %s%s",
+                           options_.queue_depth, options_.submit_batch, options_.device_submit_chunk, options_.reap_batch,
                            options_.fallback_threads,
                            inline_io_ ? "inline_io: requesters submit and reap on their own thread"
                                       : "every request through the submitter and reaper threads",
