@@ -133,7 +133,7 @@ Engines
                       and optionally fio (= fio-libaio) or fio-ENGINE (fio-io_uring, fio-posixaio,
                       fio-psync...): runs Debian's fio on the same files with the same settings
   --kaio-queue-depth=N     ServiceOptions::queue_depth (default max(128, threads*iodepth))
-  --kaio-submit-batch=N    ServiceOptions::submit_batch (default 16)
+  --kaio-submit-batch=N    ServiceOptions::submit_batch (default 64)
   --kaio-device-chunk=N    ServiceOptions::device_submit_chunk (default 4)
   --kaio-reap-batch=N      ServiceOptions::reap_batch (default 64)
   --kaio-fallback-threads=N  ServiceOptions::fallback_threads (default 4)

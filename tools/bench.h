@@ -58,7 +58,7 @@ struct Options {
   double stall_timeout_s = 10;
   // Engine knobs.
   int kaio_queue_depth = 0;  // 0: max(128, threads * iodepth)
-  int kaio_submit_batch = 16;
+  int kaio_submit_batch = 64;
   int kaio_device_chunk = 4;
   int kaio_reap_batch = 64;
   int kaio_fallback_threads = 4;
