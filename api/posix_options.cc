@@ -39,6 +39,7 @@ absl::StatusOr<PosixOptions> ParseEnvironment(const std::function<const char*(co
   int64_t max_requests = s.max_requests;
   int64_t submit_batch = s.submit_batch;
   int64_t reap_batch = s.reap_batch;
+  int64_t device_chunk = s.device_submit_chunk;
   int64_t stats = 0;
   int64_t verbose = 0;
   struct Var {
@@ -54,6 +55,8 @@ absl::StatusOr<PosixOptions> ParseEnvironment(const std::function<const char*(co
       {"KAIO_MAX_REQUESTS", 1, 16777216, "requests alive at once; beyond it submissions fail with EAGAIN", &max_requests},
       {"KAIO_SUBMIT_BATCH", 1, 4096, "most iocbs passed to one io_submit", &submit_batch},
       {"KAIO_REAP_BATCH", 1, 4096, "most events taken by one io_getevents", &reap_batch},
+      {"KAIO_DEVICE_SUBMIT_CHUNK", 1, 4096, "most requests for a device (O_DIRECT) passed to one io_submit",
+       &device_chunk},
       {"KAIO_POSIX_STATS", 0, 1, "1 prints kaio's counters to stderr at exit", &stats},
       {"KAIO_POSIX_VERBOSE", 0, 1, "1 prints a line to stderr when kaio starts", &verbose},
   };
@@ -66,6 +69,7 @@ absl::StatusOr<PosixOptions> ParseEnvironment(const std::function<const char*(co
   s.max_requests = static_cast<int>(max_requests);
   s.submit_batch = static_cast<int>(submit_batch);
   s.reap_batch = static_cast<int>(reap_batch);
+  s.device_submit_chunk = static_cast<int>(device_chunk);
   s.submitter_thread_name = "kaio-posix-sub";
   s.reaper_thread_name = "kaio-posix-reap";
   options.print_stats = stats != 0;

@@ -58,7 +58,7 @@ struct ServiceOptions {
   // requests back from the device until the call returns (about 5 us of kernel work each on a
   // virtio disk), and large calls made O_DIRECT reads at iodepth 32 finish in waves (measured: 0.7x
   // fio's IOPS with calls of 32, 1.1x with 4, at the same CPU per I/O). Page-cache hits are not
-  // split: for them one call per batch is cheapest. Clamped to [1, submit_batch].
+  // split: for them one call per batch is cheapest. At least 1; above submit_batch it is submit_batch.
   int device_submit_chunk = 4;
   // Most requests alive at once (submitted and not yet consumed). Slots are allocated in chunks of
   // 1024 as needed, never per request; past this (exactly), submission answers RESOURCE_EXHAUSTED.

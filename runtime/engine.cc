@@ -98,8 +98,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ServiceOptions& opt
   if (options.queue_depth < 1) {
     return absl::InvalidArgumentError(absl::StrCat("kaio: queue_depth must be at least 1, got ", options.queue_depth));
   }
-  if (options.submit_batch < 1 || options.reap_batch < 1) {
-    return absl::InvalidArgumentError("kaio: submit_batch and reap_batch must be at least 1");
+  if (options.submit_batch < 1 || options.reap_batch < 1 || options.device_submit_chunk < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kaio: submit_batch, reap_batch and device_submit_chunk must be at least 1, got ", options.submit_batch, ", ",
+        options.reap_batch, " and ", options.device_submit_chunk));
   }
   if (options.max_requests < 1) {
     return absl::InvalidArgumentError("kaio: max_requests must be at least 1");

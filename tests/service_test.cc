@@ -245,6 +245,37 @@ TEST(Service, BadInputIsAStatusAtTheCall) {
   EXPECT_EQ(after.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+TEST(Service, BadOptionsAreInvalidArgumentAtCreate) {
+  auto expect_invalid = [](ServiceOptions options, const char* field) {
+    auto service = Service::Create(options);
+    ASSERT_FALSE(service.ok()) << field << " was accepted";
+    EXPECT_EQ(service.status().code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_NE(service.status().message().find(field), absl::string_view::npos)
+        << "the message does not name " << field << ": " << service.status().message();
+  };
+  ServiceOptions o;
+  o.queue_depth = 0;
+  expect_invalid(o, "queue_depth");
+  o = {};
+  o.submit_batch = 0;
+  expect_invalid(o, "submit_batch");
+  o = {};
+  o.reap_batch = -1;
+  expect_invalid(o, "reap_batch");
+  o = {};
+  o.device_submit_chunk = 0;
+  expect_invalid(o, "device_submit_chunk");
+  o = {};
+  o.max_requests = 0;
+  expect_invalid(o, "max_requests");
+  o = {};
+  o.fallback_threads = -1;
+  expect_invalid(o, "fallback_threads");
+  o = {};
+  o.device_submit_chunk = 1000;  // above submit_batch: allowed, it is submit_batch then
+  EXPECT_TRUE(Service::Create(o).ok());
+}
+
 TEST(Service, MaxRequestsIsResourceExhaustedNotACrash) {
   ServiceOptions options;
   options.max_requests = 1000;  // not a whole chunk of 1024: the limit is exact

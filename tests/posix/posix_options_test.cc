@@ -35,6 +35,7 @@ TEST(PosixOptions, ReadsEveryVariable) {
                                           {"KAIO_MAX_REQUESTS", "4096"},
                                           {"KAIO_SUBMIT_BATCH", "32"},
                                           {"KAIO_REAP_BATCH", "16"},
+                                          {"KAIO_DEVICE_SUBMIT_CHUNK", "8"},
                                           {"KAIO_POSIX_STATS", "1"},
                                           {"KAIO_POSIX_VERBOSE", "1"}});
   ASSERT_TRUE(o.ok()) << o.status();
@@ -44,6 +45,7 @@ TEST(PosixOptions, ReadsEveryVariable) {
   EXPECT_EQ(o->service.max_requests, 4096);
   EXPECT_EQ(o->service.submit_batch, 32);
   EXPECT_EQ(o->service.reap_batch, 16);
+  EXPECT_EQ(o->service.device_submit_chunk, 8);
   EXPECT_TRUE(o->print_stats);
   EXPECT_TRUE(o->verbose);
 }
@@ -68,7 +70,8 @@ TEST(PosixOptions, MalformedValueNamesVariableValueAndRange) {
 
 TEST(PosixOptions, EveryVariableIsChecked) {
   for (const char* name : {"KAIO_QUEUE_DEPTH", "KAIO_IDLE_RELEASE_MS", "KAIO_POOL_THREADS", "KAIO_MAX_REQUESTS",
-                           "KAIO_SUBMIT_BATCH", "KAIO_REAP_BATCH", "KAIO_POSIX_STATS", "KAIO_POSIX_VERBOSE"}) {
+                           "KAIO_SUBMIT_BATCH", "KAIO_REAP_BATCH", "KAIO_DEVICE_SUBMIT_CHUNK", "KAIO_POSIX_STATS",
+                           "KAIO_POSIX_VERBOSE"}) {
     absl::StatusOr<PosixOptions> o = Parse({{name, "nope"}});
     ASSERT_FALSE(o.ok()) << name;
     EXPECT_NE(std::string(o.status().message()).find(name), std::string::npos) << o.status();
