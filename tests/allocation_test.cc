@@ -16,6 +16,10 @@ namespace {
 std::atomic<uint64_t> g_news{0};
 }  // namespace
 
+// These replace the global operators, so malloc/free pair correctly here. gcc 12 at -O2 (the CMake
+// build) inlines them into callers and then warns that free() gets a pointer from operator new.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 void* operator new(size_t size) {
   g_news.fetch_add(1, std::memory_order_relaxed);
   if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
@@ -26,6 +30,7 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, size_t) noexcept { std::free(p); }
 void operator delete[](void* p, size_t) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
 
 namespace kaio {
 namespace {
