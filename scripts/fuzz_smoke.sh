@@ -24,7 +24,11 @@ cleanup() {
 trap cleanup EXIT
 
 command -v clang >/dev/null || { echo "fuzz_smoke: clang is missing (scripts/setup.sh installs it)" >&2; exit 1; }
-bazel "${bazel_startup[@]}" build --curses=no --color=no --noshow_progress --config=libfuzzer //fuzz:api_fuzzer
+# --symlink_prefix=/: no bazel-* convenience links. This build has its own output base; links into it
+# left in the workspace made the next `bazel test //...` there (a second .ci/run in one checkout)
+# descend into them and fail on the foreign execroot's packages.
+bazel "${bazel_startup[@]}" build --curses=no --color=no --noshow_progress --config=libfuzzer --symlink_prefix=/ \
+  //fuzz:api_fuzzer
 binary=$(bazel "${bazel_startup[@]}" info --config=libfuzzer bazel-bin 2>/dev/null)/fuzz/api_fuzzer
 
 work=$(mktemp -d /tmp/kaio-fuzz.XXXXXX)

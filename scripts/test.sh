@@ -43,6 +43,10 @@ if ! run_phase setup scripts/setup.sh; then
   summary
   exit 1
 fi
+# bazel-* convenience links are rewritten by every build, but a build with another --output_base (a
+# helper's, an older fuzz_smoke.sh) leaves them pointing into a foreign execroot, and `//...` then
+# descends into it and fails. They are only conveniences: drop them, the first build makes them again.
+find . -maxdepth 1 -name 'bazel-*' -type l -delete
 for config in "${configs[@]}"; do
   case $config in
     default) run_phase "test (default)" bazel test "${bazel_flags[@]}" -- "${targets[@]}" ;;
