@@ -9,11 +9,11 @@
 // Wait): instead of waking the service's threads, the requester's own thread submits its queued
 // requests (one io_submit for the lot) and reaps finished ones when it calls Poll, Wait, WaitAll,
 // WaitAny, Return (of an unfinished ticket) or Flush, whenever the service's submitter and reaper
-// are idle. Requests then move only
-// when this thread calls one of those: call Flush() before blocking anywhere else (epoll_wait on
-// the notify fd, say). Those calls may then make the io_submit syscall or hand a request to the
-// blocking pool, but they never sleep unless their name says Wait. With ServiceOptions::
-// fallback_threads == 0 there is no RWF_NOWAIT (io_submit itself might block), so inline_io is off.
+// are idle. Requests then move only when this thread calls one of those: call Flush() before
+// blocking anywhere else (epoll_wait on the notify fd, say). Those calls may make the io_submit
+// syscall or hand a request to the blocking pool, but they never sleep unless their name says
+// Wait. With ServiceOptions::fallback_threads == 0 there is no RWF_NOWAIT (io_submit itself might
+// block), so inline_io is off.
 //
 // Ownership: buffers and iovec arrays belong to the caller and must stay valid until the request's
 // completion has been consumed. Destroying a Requester waits for its outstanding requests.
