@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/mailbox.h"
+#include "core/planted_bug.h"
 #include "runtime/engine.h"
 
 namespace kaio {
@@ -176,6 +177,8 @@ size_t Requester::TakeLocal(absl::Span<Completion> out) {
     uint64_t word = slot.word.load(std::memory_order_acquire);
     out[n++] = Completion{Ticket(core::PackTicket(WordGeneration(word), index)), slot.tag,
                           slot.result.load(std::memory_order_relaxed)};
+    if (core::PlantedBug(core::PlantedBugKind::kDoubleCompletion) && n < out.size()) out[n] = out[n - 1], ++n;
+    if (core::PlantedBug(core::PlantedBugKind::kLeakedSlot)) continue;
     slots.Free(index, word);
   }
   return n;

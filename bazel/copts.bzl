@@ -5,7 +5,7 @@
 # moodycamel's ConcurrentQueue (ProducerBase::next_prod, dequeue_bulk) once inlined into kaio's code. The
 # warning comes from a pass after inlining, so neither system-header status nor -isystem silences it, and
 # with -Werror it failed the sanitizer builds of every unit that dequeues with a consumer token.
-KAIO_COPTS = [
+_WARNINGS = [
     "-Wall",
     "-Wextra",
     "-Werror",
@@ -16,3 +16,15 @@ KAIO_COPTS = [
     "-Woverloaded-virtual",
     "-Wimplicit-fallthrough",
 ]
+
+# Deliberately broken builds for stress/planted_bugs_check.sh (see core/planted_bug.h): with
+# --define=kaio_planted_bug=NAME our code compiles with that bug planted. Label() so the settings
+# resolve inside @kaio when another workspace builds us.
+# The order gives each its number in core/planted_bug.h's PlantedBugKind.
+KAIO_PLANTED_BUGS = ["double_completion", "lost_completion", "leaked_slot", "misdirected_write"]
+
+KAIO_COPTS = _WARNINGS + select(dict(
+    [(str(Label("//bazel:planted_" + name)), ["-DKAIO_PLANTED_BUG=%d" % (i + 1)]) for i, name in enumerate(KAIO_PLANTED_BUGS)] +
+    [("//conditions:default", [])],
+))
+

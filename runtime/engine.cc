@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/planted_bug.h"
 
 namespace kaio::runtime {
 
@@ -679,6 +680,10 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       continue;
     }
     if (unsignalled) ++unsignalled_count;
+    if ((slot.cb.aio_lio_opcode == IO_CMD_PWRITE || slot.cb.aio_lio_opcode == IO_CMD_PWRITEV) &&
+        core::PlantedBug(core::PlantedBugKind::kMisdirectedWrite)) {
+      slot.cb.u.c.offset ^= 4096;
+    }
     cbs[kernel_count++] = &slot.cb;
   }
   if (kernel_count == 0) return false;
@@ -859,6 +864,7 @@ void Engine::ReapAvailable(bool inline_caller) {
 void Engine::RouteEvents(const struct io_event* events, int got, bool inline_caller) {
   for (int i = 0; i < got; ++i) {
     uint32_t index = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(events[i].data));
+    if (core::PlantedBug(core::PlantedBugKind::kLostCompletion)) continue;
     // Errors are a negative res (res2 is 0); the seed read res2, which is wrong.
     RouteKernelResult(index, static_cast<long>(events[i].res));
   }
