@@ -18,6 +18,12 @@
 //     KAIO_MAX_REQUESTS requests are alive, and for aio_fsync a bad op or an fd not open for
 //     writing) return -1 with errno, and the aiocb then reports the same error. Every other error
 //     (EBADF, EINVAL for a negative offset, EFBIG, EIO...) is the request's asynchronous result.
+//   - Submission on the caller's thread (KAIO_INLINE_SUBMIT, on by default): a thread's aio_read,
+//     aio_write or lio_listio that follows its own aio_error/aio_return/aio_suspend (or is its
+//     first) calls io_submit itself while kaio's submitter thread sleeps, with RWF_NOWAIT so the call
+//     cannot block (what the kernel refuses goes to the blocking pool); the rest of a burst is handed
+//     to the submitter. A page-cache hit can therefore be complete, and its sigevent sent, before
+//     aio_read returns. Nothing is ever left for a later aio_* call to submit.
 //   - A write completes in full, as write(2) on a blocking fd would, even where the kernel's
 //     non-blocking attempt wrote only part (pipes, sockets): the rest is finished by a blocking
 //     worker. A read of a regular file is short only at end of file.

@@ -42,6 +42,7 @@ absl::StatusOr<PosixOptions> ParseEnvironment(const std::function<const char*(co
   int64_t device_chunk = s.device_submit_chunk;
   int64_t stats = 0;
   int64_t verbose = 0;
+  int64_t inline_submit = 1;
   struct Var {
     const char* name;
     int64_t lo, hi;
@@ -59,6 +60,7 @@ absl::StatusOr<PosixOptions> ParseEnvironment(const std::function<const char*(co
        &device_chunk},
       {"KAIO_POSIX_STATS", 0, 1, "1 prints kaio's counters to stderr at exit", &stats},
       {"KAIO_POSIX_VERBOSE", 0, 1, "1 prints a line to stderr when kaio starts", &verbose},
+      {"KAIO_INLINE_SUBMIT", 0, 1, "1 lets the calling thread submit while kaio's submitter sleeps", &inline_submit},
   };
   for (const Var& var : vars) {
     if (absl::Status st = ReadInt(getenv, var.name, var.lo, var.hi, var.meaning, var.out); !st.ok()) return st;
@@ -74,6 +76,7 @@ absl::StatusOr<PosixOptions> ParseEnvironment(const std::function<const char*(co
   s.reaper_thread_name = "kaio-posix-reap";
   options.print_stats = stats != 0;
   options.verbose = verbose != 0;
+  options.inline_submit = inline_submit != 0;
   return options;
 }
 

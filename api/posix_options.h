@@ -7,6 +7,10 @@
 //   KAIO_MAX_REQUESTS     requests alive at once; beyond, EAGAIN         1..16777216  default 1048576
 //   KAIO_SUBMIT_BATCH     most iocbs per io_submit                       1..4096      default 64
 //   KAIO_REAP_BATCH       most events per io_getevents                   1..4096      default 64
+//   KAIO_DEVICE_SUBMIT_CHUNK  most O_DIRECT iocbs per io_submit          1..4096      default 4
+//   KAIO_INLINE_SUBMIT    1: a submission that follows the thread's own   0 or 1      default 1
+//                         aio_error/aio_return/aio_suspend calls io_submit on the calling thread
+//                         while kaio's submitter sleeps (kaio/posix.h); 0: always hand over
 //   KAIO_POSIX_STATS      1: print kaio's counters to stderr at exit     0 or 1       default 0
 //   KAIO_POSIX_VERBOSE    1: print a line to stderr when kaio starts     0 or 1       default 0
 //
@@ -26,6 +30,7 @@ struct PosixOptions {
   ServiceOptions service;
   bool print_stats = false;  // KAIO_POSIX_STATS
   bool verbose = false;      // KAIO_POSIX_VERBOSE
+  bool inline_submit = true; // KAIO_INLINE_SUBMIT
 };
 
 // Reads the variables above through `getenv` (nullptr: unset). INVALID_ARGUMENT, with a message

@@ -150,6 +150,7 @@ Engine::Engine(const ServiceOptions& options, core::Syscalls& sys, int submit_ef
       reaper_token_(std::make_unique<ProducerToken>(queue_)),
       device_chunk_(static_cast<size_t>(std::clamp(options.device_submit_chunk, 1, options.submit_batch))),
       submit_iocbs_(static_cast<size_t>(options.submit_batch)),
+      submit_meta_(static_cast<size_t>(options.submit_batch)),
       inline_batch_(static_cast<size_t>(options.submit_batch)),
       last_kernel_activity_(absl::Now()),
       reap_events_(static_cast<size_t>(options.reap_batch)) {
@@ -313,14 +314,14 @@ void Engine::ReapInline() {
   ReleaseRole(reap_role_);
 }
 
-bool Engine::TakeReapRoleToLearn(const uint32_t* batch, size_t count) {
+bool Engine::TakeReapRoleToLearn(const Submitted* batch, size_t count) {
   if (!reap_role_.exchange(true, std::memory_order_acquire)) return true;
   // Taken: usually by the reaper thread, woken by the eventfd of these very requests while we were
   // still in io_submit, and routing them now. If an fd of this batch is still unknown, wait for it
   // a little: otherwise, when routing is slow (a loaded machine, TSan), we might never learn.
   bool unknown = false;
   for (size_t i = 0; i < count && !unknown; ++i) {
-    const int fd = slots_.at(batch[i]).cb.aio_fildes;
+    const int fd = batch[i].fd;
     unknown = fd >= 0 && fd < kFdKinds && fd_kind_[fd].load(std::memory_order_relaxed) == kFdUnknown;
   }
   if (!unknown) return false;
@@ -334,14 +335,14 @@ bool Engine::TakeReapRoleToLearn(const uint32_t* batch, size_t count) {
   return false;
 }
 
-void Engine::LearnFdKinds(const uint32_t* batch, size_t count) {
+void Engine::LearnFdKinds(const Submitted* batch, size_t count) {
   for (size_t i = 0; i < count; ++i) {
-    const core::Slot& slot = slots_.at(batch[i]);
-    // Our own requests (our token's), not yet consumed: only this thread could free them. Only
-    // fields nobody writes after submission are read here (the reaper may be updating others).
-    SlotState state = WordState(slot.word.load(std::memory_order_acquire));
-    const int fd = slot.cb.aio_fildes;
-    if (fd < 0 || fd >= kFdKinds || !IsReadOrWrite(slot.cb.aio_lio_opcode)) continue;
+    const int fd = batch[i].fd;
+    if (fd < 0 || fd >= kFdKinds || !batch[i].read_or_write) continue;
+    // Only the slot word is read: a slot freed since (another generation) held a request that
+    // completed, whoever has the slot now.
+    const uint64_t word = slots_.at(batch[i].index).word.load(std::memory_order_acquire);
+    const SlotState state = WordGeneration(word) == batch[i].generation ? WordState(word) : SlotState::kCompleted;
     if (state == SlotState::kInKernel) {
       fd_kind_[fd].store(kFdAsync, std::memory_order_relaxed);
     } else if (state == SlotState::kCompleted || state == SlotState::kPoolQueued ||
@@ -680,6 +681,10 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       continue;
     }
     if (unsignalled) ++unsignalled_count;
+    if (requeue != nullptr) {
+      submit_meta_[kernel_count] = Submitted{index, WordGeneration(word), slot.cb.aio_fildes,
+                                             IsReadOrWrite(slot.cb.aio_lio_opcode)};
+    }
     if ((slot.cb.aio_lio_opcode == IO_CMD_PWRITE || slot.cb.aio_lio_opcode == IO_CMD_PWRITEV) &&
         core::PlantedBug(core::PlantedBugKind::kMisdirectedWrite)) {
       slot.cb.u.c.offset ^= 4096;
@@ -708,9 +713,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     }
     if (rc > 0) {
       if (requeue != nullptr) {
-        for (int i = 0; i < rc; ++i) {
-          learn_.push_back(static_cast<uint32_t>(reinterpret_cast<uintptr_t>(cbs[done + static_cast<size_t>(i)]->data)));
-        }
+        for (int i = 0; i < rc; ++i) learn_.push_back(submit_meta_[done + static_cast<size_t>(i)]);
       }
       counters_.kernel_submitted.fetch_add(static_cast<uint64_t>(rc), std::memory_order_relaxed);
       done += static_cast<size_t>(rc);

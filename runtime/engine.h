@@ -102,6 +102,8 @@ class Engine {
   // Shutdown sets stopping_ before it reads the counts, so either the producer sees the stop and
   // takes its count back (then calls NotifyAcceptedChanged) or Shutdown sees the count and waits.
   bool accepting() const { return !stopping_.load(std::memory_order_seq_cst); }
+  // Requests io_submit took that the kernel has not completed yet (a hint: it changes under you).
+  int64_t in_kernel() const { return in_kernel_.load(std::memory_order_relaxed); }
   void NotifyAcceptedChanged();
 
   void RegisterSink(core::CompletionSink* sink);
@@ -147,11 +149,20 @@ class Engine {
   void WatchUnsignalled();
   // After an inline submission: make sure someone will notice unsignalled requests still running.
   void EnsureUnsignalledWatched();
+  // What an inline batch's requests were, copied before io_submit: once the kernel has them, they
+  // may complete, and a sink that frees slots on delivery (the POSIX layer's) lets another thread
+  // claim the slot and rewrite its iocb while we still look.
+  struct Submitted {
+    uint32_t index;
+    uint32_t generation;  // the slot's: a different one later means it completed and was freed
+    int fd;
+    bool read_or_write;
+  };
   // Learns from an inline batch which fds finish their requests inside io_submit (see fd_kind_).
-  void LearnFdKinds(const uint32_t* batch, size_t count);
+  void LearnFdKinds(const Submitted* batch, size_t count);
   // The reap role for LearnFdKinds: at once if free; if taken and the batch has an fd of unknown
   // kind, after a short spin (at most 200 us).
-  bool TakeReapRoleToLearn(const uint32_t* batch, size_t count);
+  bool TakeReapRoleToLearn(const Submitted* batch, size_t count);
   bool FdCompletesInline(int fd) const {
     return fd >= 0 && fd < kFdKinds && fd_kind_[fd].load(std::memory_order_relaxed) == kFdCompletesInline;
   }
@@ -209,8 +220,9 @@ class Engine {
   const size_t device_chunk_;  // ServiceOptions::device_submit_chunk, clamped
   // Guarded by the submit role.
   std::vector<struct iocb*> submit_iocbs_;
+  std::vector<Submitted> submit_meta_;  // parallel to submit_iocbs_, for an inline batch
   std::vector<uint32_t> inline_batch_;
-  std::vector<uint32_t> learn_;  // the requests of an inline batch io_submit accepted
+  std::vector<Submitted> learn_;        // the requests of an inline batch io_submit accepted
   absl::Time last_kernel_activity_;
   // Guarded by the reap role.
   std::vector<struct io_event> reap_events_;

@@ -7,12 +7,14 @@
 #   scripts/fio_posixaio_compare.sh                      # builds //api:kaio_posix with --config=opt
 #   scripts/fio_posixaio_compare.sh --runtime=5 --repeat=5 --size=256m --dir=/mnt/scratch
 #   scripts/fio_posixaio_compare.sh --so=path/to/libkaio_posix.so
+#   scripts/fio_posixaio_compare.sh --baseline-env=KAIO_INLINE_SUBMIT=0   # kaio against kaio with that
+#                                   # variable set, instead of against glibc (the "glibc" columns)
 # Environment: KAIO_BAZEL_OUTPUT_BASE (a --output_base for the build), KAIO_FIO_WORKLOADS (names to run,
 # space-separated, from the list below). Needs fio and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-runtime=10 repeat=3 size=512m dir=${TMPDIR:-/tmp}/kaio_fio_compare so=""
+runtime=10 repeat=3 size=512m dir=${TMPDIR:-/tmp}/kaio_fio_compare so="" baseline_env=""
 for arg in "$@"; do
   case $arg in
     --runtime=*) runtime=${arg#*=} ;;
@@ -20,6 +22,7 @@ for arg in "$@"; do
     --size=*) size=${arg#*=} ;;
     --dir=*) dir=${arg#*=} ;;
     --so=*) so=${arg#*=} ;;
+    --baseline-env=*) baseline_env=${arg#*=} ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -46,6 +49,7 @@ workloads=(
   "randread_direct_qd64|--rw=randread --direct=1 --iodepth=64"
   "randwrite_direct_qd64|--rw=randwrite --direct=1 --iodepth=64"
   "randread_cached_qd64|--rw=randread --direct=0 --iodepth=64 --invalidate=0"
+  "randread_cached_qd1|--rw=randread --direct=0 --iodepth=1 --invalidate=0"
   "randwrite_buffered_qd64|--rw=randwrite --direct=0 --iodepth=64"
 )
 if [ -n "${KAIO_FIO_WORKLOADS:-}" ]; then
@@ -63,10 +67,12 @@ fio --name=layout --filename="$file" --size="$size" --rw=write --bs=1m --ioengin
 run_one() {  # run_one <impl> <name> <args> <rep>
   local impl=$1 name=$2 args=$3 rep=$4
   local json="$out/$name.$impl.$rep.json" preload=""
+  local env_args=()
   [ "$impl" = kaio ] && preload=$so
+  if [ "$impl" = glibc ] && [ -n "$baseline_env" ]; then preload=$so env_args=("$baseline_env"); fi
   local TIMEFORMAT='%U %S'
   # shellcheck disable=SC2086
-  { time LD_PRELOAD=$preload fio --thread --name="$name" --filename="$file" --size="$size" --bs=4k \
+  { time env "${env_args[@]}" LD_PRELOAD="$preload" fio --thread --name="$name" --filename="$file" --size="$size" --bs=4k \
       --ioengine=posixaio --time_based --runtime="$runtime" --ramp_time=1 --norandommap --randrepeat=0 \
       --output-format=json --output="$json" $args > /dev/null 2>&1; } 2> "$out/$name.$impl.$rep.cpu"
 }
@@ -74,6 +80,7 @@ run_one() {  # run_one <impl> <name> <args> <rep>
 echo "fio $(fio --version) posixaio, $(nproc) CPUs, $(uname -r), file $size on $(df -P "$dir" | awk 'NR==2 {print $1}'),"
 echo "runtime ${runtime}s x $repeat repetitions per implementation; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "kaio: $so"
+[ -z "$baseline_env" ] || echo "baseline (the glibc columns): kaio with $baseline_env"
 echo
 for w in "${workloads[@]}"; do
   name=${w%%|*}

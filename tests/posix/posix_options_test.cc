@@ -26,6 +26,7 @@ TEST(PosixOptions, DefaultsWhenNothingIsSet) {
   EXPECT_EQ(o->service.max_requests, defaults.max_requests);
   EXPECT_FALSE(o->print_stats);
   EXPECT_FALSE(o->verbose);
+  EXPECT_TRUE(o->inline_submit);
 }
 
 TEST(PosixOptions, ReadsEveryVariable) {
@@ -37,7 +38,8 @@ TEST(PosixOptions, ReadsEveryVariable) {
                                           {"KAIO_REAP_BATCH", "16"},
                                           {"KAIO_DEVICE_SUBMIT_CHUNK", "8"},
                                           {"KAIO_POSIX_STATS", "1"},
-                                          {"KAIO_POSIX_VERBOSE", "1"}});
+                                          {"KAIO_POSIX_VERBOSE", "1"},
+                                          {"KAIO_INLINE_SUBMIT", "0"}});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->service.queue_depth, 256);
   EXPECT_EQ(o->service.idle_release, absl::Milliseconds(1500));
@@ -48,6 +50,7 @@ TEST(PosixOptions, ReadsEveryVariable) {
   EXPECT_EQ(o->service.device_submit_chunk, 8);
   EXPECT_TRUE(o->print_stats);
   EXPECT_TRUE(o->verbose);
+  EXPECT_FALSE(o->inline_submit);
 }
 
 TEST(PosixOptions, AcceptsTheRangeEnds) {
@@ -71,7 +74,7 @@ TEST(PosixOptions, MalformedValueNamesVariableValueAndRange) {
 TEST(PosixOptions, EveryVariableIsChecked) {
   for (const char* name : {"KAIO_QUEUE_DEPTH", "KAIO_IDLE_RELEASE_MS", "KAIO_POOL_THREADS", "KAIO_MAX_REQUESTS",
                            "KAIO_SUBMIT_BATCH", "KAIO_REAP_BATCH", "KAIO_DEVICE_SUBMIT_CHUNK", "KAIO_POSIX_STATS",
-                           "KAIO_POSIX_VERBOSE"}) {
+                           "KAIO_POSIX_VERBOSE", "KAIO_INLINE_SUBMIT"}) {
     absl::StatusOr<PosixOptions> o = Parse({{name, "nope"}});
     ASSERT_FALSE(o.ok()) << name;
     EXPECT_NE(std::string(o.status().message()).find(name), std::string::npos) << o.status();
