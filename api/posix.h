@@ -20,7 +20,8 @@
 //     (EBADF, EINVAL for a negative offset, EFBIG, EIO...) is the request's asynchronous result.
 //   - Submission on the caller's thread (KAIO_INLINE_SUBMIT, on by default): a thread's aio_read,
 //     aio_write or lio_listio that follows its own aio_error/aio_return/aio_suspend (or is its
-//     first) calls io_submit itself while kaio's submitter thread sleeps, with RWF_NOWAIT so the call
+//     first) calls io_submit itself while kaio's submitter thread sleeps and none of the process's
+//     requests is in flight, with RWF_NOWAIT so the call
 //     cannot block (what the kernel refuses goes to the blocking pool); the rest of a burst is handed
 //     to the submitter. A page-cache hit can therefore be complete, and its sigevent sent, before
 //     aio_read returns. Nothing is ever left for a later aio_* call to submit.

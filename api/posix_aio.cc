@@ -511,7 +511,7 @@ class Orderer;
 // Who calls io_submit for a request (KAIO_INLINE_SUBMIT): the calling thread, while kaio's submitter
 // sleeps, or the submitter. A thread that submits one request and then looks for results (aio_error,
 // aio_return, aio_suspend) is bound by latency: submitting itself saves a thread hand-off (measured
-// 1.4-1.7x the IOPS of O_DIRECT reads at iodepth 1, 4.4x for page-cache hits). A thread that submits
+// 1.5-1.6x the IOPS of O_DIRECT reads at iodepth 1, 4-7x for page-cache hits). A thread that submits
 // a burst before it looks has work to overlap: the submitter takes the rest of the burst to
 // io_submit in batches, on another CPU (submitting all of a 64-deep page-cache burst on the calling
 // thread measured 0.6x of handing it over). Measured with fio, docs/posix.md.
@@ -856,12 +856,15 @@ int State::SubmitNow(const Request& req, SubmitRoute route, bool* flush) {
   uint32_t generation = 0;
   uint32_t index = Prepare(req, req.slot_flags, 0, kNoRoot, 0, &generation);
   if (index == kNoSlot) return EAGAIN;
-  // A lone request is submitted here only while the kernel holds none: behind a device queue the
-  // hand-off's few microseconds are lost in the queueing. (Even so, O_DIRECT reads at iodepth 64
-  // measured 0.91-0.95x of hand-off-only in most paired runs, with ~1.3 us more CPU per request,
-  // though only ~1.5 % of their requests went inline: not explained yet, see docs/posix.md.)
-  const bool go_inline = route == SubmitRoute::kList ||
-                         (route == SubmitRoute::kSingle && TakeLatencyBound() && engine_.in_kernel() == 0);
+  // A lone request is submitted here only while none of the process's other requests is still
+  // running. Behind a device queue the hand-off's few microseconds are lost in the queueing, while
+  // a one-request io_submit on the calling thread costs it a device notification (a VM exit on
+  // virtio) that the submitter pays once per chunk, and holds up the burst that may follow
+  // (docs/posix.md: O_DIRECT reads at iodepth 64 measured 0.92-0.94x of hand-off-only).
+  const bool go_inline =
+      route == SubmitRoute::kList ||
+      (route == SubmitRoute::kSingle && TakeLatencyBound() &&
+       sink_.accepted.load(std::memory_order_relaxed) == sink_.delivered.load(std::memory_order_relaxed));
   if (!options_.inline_submit || !go_inline) {
     Launch(index);
     return 0;

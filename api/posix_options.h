@@ -10,7 +10,7 @@
 //   KAIO_DEVICE_SUBMIT_CHUNK  most O_DIRECT iocbs per io_submit          1..4096      default 4
 //   KAIO_INLINE_SUBMIT    1: a submission that follows the thread's own   0 or 1      default 1
 //                         aio_error/aio_return/aio_suspend calls io_submit on the calling thread
-//                         while kaio's submitter sleeps (kaio/posix.h); 0: always hand over
+//                         while nothing else runs (kaio/posix.h); 0: always hand over
 //   KAIO_POSIX_STATS      1: print kaio's counters to stderr at exit     0 or 1       default 0
 //   KAIO_POSIX_VERBOSE    1: print a line to stderr when kaio starts     0 or 1       default 0
 //

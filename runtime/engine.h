@@ -102,8 +102,6 @@ class Engine {
   // Shutdown sets stopping_ before it reads the counts, so either the producer sees the stop and
   // takes its count back (then calls NotifyAcceptedChanged) or Shutdown sees the count and waits.
   bool accepting() const { return !stopping_.load(std::memory_order_seq_cst); }
-  // Requests io_submit took that the kernel has not completed yet (a hint: it changes under you).
-  int64_t in_kernel() const { return in_kernel_.load(std::memory_order_relaxed); }
   void NotifyAcceptedChanged();
 
   void RegisterSink(core::CompletionSink* sink);
