@@ -43,6 +43,11 @@
 //   - aio_suspend returns 0 at once when no listed request is in progress (including an empty list
 //     or a list of NULLs), EAGAIN on timeout (CLOCK_MONOTONIC), EINTR when a signal handler runs.
 //     It sleeps on a futex (async-signal-safe); pthread cancellation is checked on entry only.
+//     One limit, from submission on the calling thread: a signal handler that interrupts this
+//     thread's aio_read/aio_write/lio_listio must not wait there (aio_suspend, LIO_WAIT) for
+//     requests that have not completed yet, since the interrupted call may hold kaio's submit or
+//     reap role, which those requests need. glibc has the same limit in another form (its aio_read
+//     holds the mutex its aio_suspend takes). KAIO_INLINE_SUBMIT=0 lifts it.
 //   - lio_listio sends each request's own sigevent as well as the list's (as glibc >= 2.4 does).
 //     LIO_WAIT answers EIO if any request failed; LIO_NOWAIT answers EAGAIN if a request could not
 //     be queued for lack of resources and EIO if one was rejected (both after queueing the rest).
