@@ -291,13 +291,8 @@ void Engine::SubmitInline(ProducerToken& token) {
     // A batch whose fds are all known to be async has nothing to learn and nothing finished here:
     // the reaper, woken by their eventfd, routes them. Taking the reap role anyway only made it wait
     // for us (spin, yield, sleep: measured 2 extra context switches per such inline submission).
-    bool worth_reaping = false;
-    for (const Submitted& sub : learn_) {
-      if (sub.fd < 0 || sub.fd >= kFdKinds || fd_kind_[sub.fd].load(std::memory_order_relaxed) != kFdAsync) {
-        worth_reaping = true;
-        break;
-      }
-    }
+    const bool worth_reaping = std::any_of(learn_.begin(), learn_.end(),
+                                           [this](const Submitted& sub) { return FdKindOf(sub.fd) != kFdAsync; });
     bool settled = worth_reaping;
     if (worth_reaping && in_kernel_.load(std::memory_order_seq_cst) > 0) {
       settled = TakeReapRoleToLearn(learn_.data(), learn_.size());
@@ -329,11 +324,8 @@ bool Engine::TakeReapRoleToLearn(const Submitted* batch, size_t count) {
   // Taken: usually by the reaper thread, woken by the eventfd of these very requests while we were
   // still in io_submit, and routing them now. If an fd of this batch is still unknown, wait for it
   // a little: otherwise, when routing is slow (a loaded machine, TSan), we might never learn.
-  bool unknown = false;
-  for (size_t i = 0; i < count && !unknown; ++i) {
-    const int fd = batch[i].fd;
-    unknown = fd >= 0 && fd < kFdKinds && fd_kind_[fd].load(std::memory_order_relaxed) == kFdUnknown;
-  }
+  const bool unknown =
+      std::any_of(batch, batch + count, [this](const Submitted& sub) { return FdKindOf(sub.fd) == kFdUnknown; });
   if (!unknown) return false;
   const int64_t give_up = NowNs() + 200 * 1000;
   while (NowNs() < give_up) {
@@ -695,8 +687,8 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       submit_meta_[kernel_count] = Submitted{index, WordGeneration(word), slot.cb.aio_fildes,
                                              IsReadOrWrite(slot.cb.aio_lio_opcode)};
     }
-    if ((slot.cb.aio_lio_opcode == IO_CMD_PWRITE || slot.cb.aio_lio_opcode == IO_CMD_PWRITEV) &&
-        core::PlantedBug(core::PlantedBugKind::kMisdirectedWrite)) {
+    if (core::PlantedBug(core::PlantedBugKind::kMisdirectedWrite) &&
+        (slot.cb.aio_lio_opcode == IO_CMD_PWRITE || slot.cb.aio_lio_opcode == IO_CMD_PWRITEV)) {
       slot.cb.u.c.offset ^= 4096;
     }
     cbs[kernel_count++] = &slot.cb;

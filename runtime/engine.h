@@ -161,9 +161,11 @@ class Engine {
   // The reap role for LearnFdKinds: at once if free; if taken and the batch has an fd of unknown
   // kind, after a short spin (at most 200 us).
   bool TakeReapRoleToLearn(const Submitted* batch, size_t count);
-  bool FdCompletesInline(int fd) const {
-    return fd >= 0 && fd < kFdKinds && fd_kind_[fd].load(std::memory_order_relaxed) == kFdCompletesInline;
+  // What kaio has learned of `fd` (fd_kind_); kFdUntracked for a number beyond the table.
+  int FdKindOf(int fd) const {
+    return fd >= 0 && fd < kFdKinds ? fd_kind_[fd].load(std::memory_order_relaxed) : kFdUntracked;
   }
+  bool FdCompletesInline(int fd) const { return FdKindOf(fd) == kFdCompletesInline; }
   // Gives back the eventfd flag of a request leaving the kernel (or never entering it).
   void Resignal(core::Slot& slot);
   void RouteKernelResult(uint32_t index, int64_t result);
@@ -198,6 +200,7 @@ class Engine {
   // or a wrong guess after the fd number was reused) is async for good, and until every request
   // sent without the flag is back, the reaper looks at the ring every millisecond.
   enum FdKind : uint8_t { kFdUnknown = 0, kFdCompletesInline = 1, kFdAsync = 2 };
+  static constexpr int kFdUntracked = -1;  // FdKindOf: never learned, always signalled
   static constexpr int kFdKinds = 65536;  // fds beyond always get the eventfd flag
   std::unique_ptr<std::atomic<uint8_t>[]> fd_kind_;
   alignas(64) std::atomic<int64_t> unsignalled_{0};  // requests in the kernel without the flag

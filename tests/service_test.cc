@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -254,25 +255,20 @@ TEST(Service, BadOptionsAreInvalidArgumentAtCreate) {
     EXPECT_NE(service.status().message().find(field), absl::string_view::npos)
         << "the message does not name " << field << ": " << service.status().message();
   };
+  const std::pair<const char*, void (*)(ServiceOptions&)> bad_fields[] = {
+      {"queue_depth", [](ServiceOptions& o) { o.queue_depth = 0; }},
+      {"submit_batch", [](ServiceOptions& o) { o.submit_batch = 0; }},
+      {"reap_batch", [](ServiceOptions& o) { o.reap_batch = -1; }},
+      {"device_submit_chunk", [](ServiceOptions& o) { o.device_submit_chunk = 0; }},
+      {"max_requests", [](ServiceOptions& o) { o.max_requests = 0; }},
+      {"fallback_threads", [](ServiceOptions& o) { o.fallback_threads = -1; }},
+  };
+  for (const auto& [field, spoil] : bad_fields) {
+    ServiceOptions o;
+    spoil(o);
+    expect_invalid(o, field);
+  }
   ServiceOptions o;
-  o.queue_depth = 0;
-  expect_invalid(o, "queue_depth");
-  o = {};
-  o.submit_batch = 0;
-  expect_invalid(o, "submit_batch");
-  o = {};
-  o.reap_batch = -1;
-  expect_invalid(o, "reap_batch");
-  o = {};
-  o.device_submit_chunk = 0;
-  expect_invalid(o, "device_submit_chunk");
-  o = {};
-  o.max_requests = 0;
-  expect_invalid(o, "max_requests");
-  o = {};
-  o.fallback_threads = -1;
-  expect_invalid(o, "fallback_threads");
-  o = {};
   o.device_submit_chunk = 1000;  // above submit_batch: allowed, it is submit_batch then
   EXPECT_TRUE(Service::Create(o).ok());
 }
