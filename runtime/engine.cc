@@ -161,8 +161,12 @@ Engine::~Engine() {
   Shutdown();
   exiting_.store(true, std::memory_order_seq_cst);
   WakeSubmitter();
-  sys_.EventFdWrite(kernel_efd_, 1);
   if (submitter_.joinable()) submitter_.join();
+  // The reaper leaves once in_kernel_ is 0, and only the submitter still changes it: a request
+  // io_submit refused (EBADF) is delivered first and uncounted after, so Shutdown() can return in
+  // between. Woken before the submitter is gone, the reaper could see the stale count, go back to
+  // its blocking read and never wake again (CI caught it: 2 runs in 30 hung here).
+  sys_.EventFdWrite(kernel_efd_, 1);
   if (reaper_.joinable()) reaper_.join();
   {
     std::lock_guard<std::mutex> lock(pool_mu_);

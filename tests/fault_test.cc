@@ -6,17 +6,26 @@
 // stop with events still in the ring. SubmitRacingShutdown... guards a race found by reading the code.
 #include <errno.h>
 #include <fcntl.h>
+#include <libaio.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <future>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "core/slot.h"
 #include "gtest/gtest.h"
 #include "kaio/requester.h"
 #include "kaio/service.h"
+#include "runtime/engine.h"
 #include "tests/fault_syscalls.h"
 #include "tests/test_util.h"
 
@@ -454,6 +463,108 @@ TEST(ShutdownRace, SubmitRacingShutdownIsEitherRefusedOrWaitedFor) {
   }
   EXPECT_EQ(violations, 0) << "after " << rounds << " rounds: a request accepted by a Submit racing with "
                            << "Shutdown() was still in flight after Shutdown() returned";
+}
+
+// Found by CI (the consumer workspace's digest_test hung in ~Service in 2 runs of 30): the submitter
+// delivers a request io_submit refused (EBADF) and only then takes it off in_kernel_. Shutdown() could
+// return in between, and a reaper woken for exit saw the stale count, went back to its blocking eventfd
+// read and was never woken again. Here a sink holds the submitter inside that delivery until the
+// reaper has gone back to its read (what the race needs) or 2 s have passed (what the fix gives).
+class ReaperReadCounter : public FaultSyscalls {
+ public:
+  int EventFdRead(int fd, uint64_t* value) override {
+    char name[16] = {};
+    pthread_getname_np(pthread_self(), name, sizeof name);
+    if (std::string(name) == ServiceOptions{}.reaper_thread_name) {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++reaper_reads_;
+      cv_.notify_all();
+    }
+    return FaultSyscalls::EventFdRead(fd, value);
+  }
+  // Waits until the reaper thread starts one more eventfd read, or `timeout` passes.
+  void WaitForAnotherReaperRead(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    const int before = reaper_reads_;
+    cv_.wait_for(lock, timeout, [&] { return reaper_reads_ > before; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int reaper_reads_ = 0;  // guarded by mu_
+};
+
+class HoldingSink : public core::CompletionSink {
+ public:
+  HoldingSink(ReaperReadCounter& sys, core::SlotTable& slots) : sys_(sys), slots_(slots) {}
+  void Deliver(uint32_t index) override {
+    const int64_t result = slots_.at(index).result.load(std::memory_order_acquire);
+    delivered.fetch_add(1, std::memory_order_seq_cst);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      result_ = result;
+      done_ = true;
+      cv_.notify_all();
+    }
+    sys_.WaitForAnotherReaperRead(std::chrono::seconds(2));
+  }
+  // The delivered result, or nullopt if nothing came within `timeout`.
+  std::optional<int64_t> WaitDelivered(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_for(lock, timeout, [&] { return done_; })) return std::nullopt;
+    return result_;
+  }
+
+ private:
+  ReaperReadCounter& sys_;
+  core::SlotTable& slots_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;       // guarded by mu_
+  int64_t result_ = 0;      // guarded by mu_
+};
+
+TEST(ShutdownRace, ARequestIoSubmitRefusedDoesNotStrandTheReaper) {
+  // Shared with the thread that destroys the engine, which outlives this test if the bug is back.
+  auto sys = std::make_shared<ReaperReadCounter>();
+  TempFile file(kBlock);
+  sys->fail_fd = file.fd();
+  auto created = runtime::Engine::Create(ServiceOptions{}, sys.get());
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<runtime::Engine> engine = *std::move(created);
+  auto sink = std::make_shared<HoldingSink>(*sys, engine->slots());
+  engine->RegisterSink(sink.get());
+  {
+    std::unique_ptr<runtime::Engine::ProducerToken> token = engine->NewProducerToken();
+    static char buf[64];
+    const uint32_t index = engine->Claim(*sink, /*tag=*/0);
+    ASSERT_NE(index, core::SlotTable::kNoSlot);
+    core::Slot& slot = engine->slots().at(index);
+    slot.cb.aio_fildes = file.fd();
+    slot.cb.aio_lio_opcode = IO_CMD_PREAD;
+    slot.cb.u.c.buf = buf;
+    slot.cb.u.c.nbytes = sizeof buf;
+    slot.cb.u.c.offset = 0;
+    sink->accepted.store(1, std::memory_order_seq_cst);
+    engine->Enqueue(*token, index);
+  }
+  std::optional<int64_t> result = sink->WaitDelivered(std::chrono::seconds(20));
+  ASSERT_TRUE(result.has_value()) << "the refused request was never delivered";
+  EXPECT_EQ(*result, -EBADF);
+  engine->UnregisterSink(sink.get());
+  std::promise<void> finished;
+  std::future<void> done = finished.get_future();
+  std::thread destroyer([engine = std::move(engine), sys, sink, &finished]() mutable {
+    engine.reset();  // the hang was here, joining the reaper
+    finished.set_value();
+  });
+  if (done.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+    destroyer.detach();  // stuck for good; the process exits under it
+    FAIL() << "~Engine did not return: the reaper was left waiting on its eventfd";
+  }
+  destroyer.join();
+  EXPECT_EQ(sys->injected.submit_request_errors.load(), 1u);
 }
 
 // ---------------------------------------------------------------- everything at once
