@@ -592,9 +592,12 @@ class State {
    public:
     explicit Sink(State& state) : state_(state) {}
     void Deliver(uint32_t index) override {
-      state_.OnDeliver(index);
-      // Last: Shutdown (and our owner) wait for delivered to match accepted.
+      // First: here `delivered` only tells SubmitNow whether another request is still running (this
+      // engine is never shut down, so nothing waits on the count for a result). Counted after the
+      // result was published, a program that saw it and submitted at once found its finished request
+      // still running and was handed to the submitter instead of going inline.
       delivered.fetch_add(1, std::memory_order_seq_cst);
+      state_.OnDeliver(index);
     }
 
    private:
