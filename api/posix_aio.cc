@@ -865,9 +865,10 @@ int State::SubmitNow(const Request& req, SubmitRoute route, bool* flush) {
   // virtio) that the submitter pays once per chunk, and holds up the burst that may follow
   // (docs/posix.md: O_DIRECT reads at iodepth 64 measured 0.92-0.94x of hand-off-only).
   const bool go_inline =
-      route == SubmitRoute::kList ||
+      (req.slot_flags & core::kSlotForcePool) == 0 &&  // bound for the pool: Launch hands it there
+      (route == SubmitRoute::kList ||
       (route == SubmitRoute::kSingle && TakeLatencyBound() &&
-       sink_.accepted.load(std::memory_order_relaxed) == sink_.delivered.load(std::memory_order_relaxed));
+       sink_.accepted.load(std::memory_order_relaxed) == sink_.delivered.load(std::memory_order_relaxed)));
   if (!options_.inline_submit || !go_inline) {
     Launch(index);
     return 0;
@@ -925,7 +926,13 @@ void State::Launch(uint32_t index) {
   // engine requires. The POSIX service is never shut down, so the refuse-after-counting handshake
   // Requester::Submit does with Engine::accepting() is not needed here.
   sink_.accepted.fetch_add(1, std::memory_order_seq_cst);
-  engine_.Enqueue(Token(), index);
+  if (engine_.slots().at(index).flags & core::kSlotForcePool) {
+    // A buffered write the kernel would refuse, or the rest of a short result: the pool's work
+    // either way, so it skips the submitter's queue and wake-up.
+    engine_.EnqueueToPool(index);
+  } else {
+    engine_.Enqueue(Token(), index);
+  }
 }
 
 bool State::MayContinue(const Record& rec, Op op, uint64_t done, int64_t result) const {

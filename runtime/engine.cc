@@ -227,6 +227,14 @@ void Engine::Enqueue(ProducerToken& token, uint32_t index) {
   if (QueueAndAnnounce(token, index, &submitter_sleeps) && submitter_sleeps) WakeSubmitterOnce();
 }
 
+void Engine::EnqueueToPool(uint32_t index) {
+  core::Slot& slot = slots_.at(index);
+  uint64_t word = slot.word.load(std::memory_order_relaxed);
+  // release: the worker (or a canceller) that acquires kPoolQueued sees the filled iocb.
+  slot.word.store(core::PackWord(WordGeneration(word), SlotState::kPoolQueued), std::memory_order_release);
+  PoolPush(index);
+}
+
 void Engine::WakeSubmitterOnce() {
   // Only the producer that clears the sleep bit writes the eventfd: one wake-up per sleep, not one per
   // request enqueued while the submitter is on its way up (measured: 0.92 writes per request before).

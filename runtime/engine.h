@@ -79,6 +79,10 @@ class Engine {
   void Unclaim(uint32_t index);
   // Queues a claimed, filled slot for submission. The caller counted it in sink.accepted already.
   void Enqueue(ProducerToken& token, uint32_t index);
+  // Hands a claimed, filled slot straight to the blocking pool, for a request the caller knows is
+  // bound there (a buffered write to an fd whose RWF_NOWAIT writes the kernel refuses): no submitter
+  // hop. Takes the pool's mutex and may start a worker. Counted in sink.accepted first, as for Enqueue.
+  void EnqueueToPool(uint32_t index);
 
   // Inline I/O (RequesterOptions::inline_io). EnqueueDeferred queues like Enqueue but never wakes
   // the submitter; true means it sleeps, and the caller must call SubmitInline(token) before it

@@ -9,12 +9,14 @@
 #   scripts/fio_posixaio_compare.sh --so=path/to/libkaio_posix.so
 #   scripts/fio_posixaio_compare.sh --baseline-env=KAIO_INLINE_SUBMIT=0   # kaio against kaio with that
 #                                   # variable set, instead of against glibc (the "glibc" columns)
+#   scripts/fio_posixaio_compare.sh --baseline-so=/tmp/old/libkaio_posix.so   # kaio against another
+#                                   # build of it (the "glibc" columns), e.g. before and after a change
 # Environment: KAIO_BAZEL_OUTPUT_BASE (a --output_base for the build), KAIO_FIO_WORKLOADS (names to run,
 # space-separated, from the list below). Needs fio and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-runtime=10 repeat=3 size=512m dir=${TMPDIR:-/tmp}/kaio_fio_compare so="" baseline_env=""
+runtime=10 repeat=3 size=512m dir=${TMPDIR:-/tmp}/kaio_fio_compare so="" baseline_env="" baseline_so=""
 for arg in "$@"; do
   case $arg in
     --runtime=*) runtime=${arg#*=} ;;
@@ -23,6 +25,7 @@ for arg in "$@"; do
     --dir=*) dir=${arg#*=} ;;
     --so=*) so=${arg#*=} ;;
     --baseline-env=*) baseline_env=${arg#*=} ;;
+    --baseline-so=*) baseline_so=${arg#*=} ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -37,6 +40,10 @@ if [ -z "$so" ]; then
 fi
 [ -f "$so" ] || { echo "no shared object at $so" >&2; exit 1; }
 so=$(realpath "$so")
+if [ -n "$baseline_so" ]; then
+  [ -f "$baseline_so" ] || { echo "no shared object at $baseline_so" >&2; exit 1; }
+  baseline_so=$(realpath "$baseline_so")
+fi
 mkdir -p "$dir"
 file="$dir/fio_posixaio.dat"
 out="$dir/results"
@@ -70,6 +77,7 @@ run_one() {  # run_one <impl> <name> <args> <rep>
   local env_args=()
   [ "$impl" = kaio ] && preload=$so
   if [ "$impl" = glibc ] && [ -n "$baseline_env" ]; then preload=$so env_args=("$baseline_env"); fi
+  if [ "$impl" = glibc ] && [ -n "$baseline_so" ]; then preload=$baseline_so; fi
   local TIMEFORMAT='%U %S'
   # shellcheck disable=SC2086
   { time env "${env_args[@]}" LD_PRELOAD="$preload" fio --thread --name="$name" --filename="$file" --size="$size" --bs=4k \
@@ -81,6 +89,7 @@ echo "fio $(fio --version) posixaio, $(nproc) CPUs, $(uname -r), file $size on $
 echo "runtime ${runtime}s x $repeat repetitions per implementation; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "kaio: $so"
 [ -z "$baseline_env" ] || echo "baseline (the glibc columns): kaio with $baseline_env"
+[ -z "$baseline_so" ] || echo "baseline (the glibc columns): $baseline_so"
 echo
 for w in "${workloads[@]}"; do
   name=${w%%|*}

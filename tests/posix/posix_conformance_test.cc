@@ -1201,6 +1201,37 @@ TEST(KaioInline, RequestsOneAfterAnotherAreSubmittedOnTheCallersThread) {
   EXPECT_LE(Stats().service.io_submit_calls - calls_before, 2u);
 }
 
+// A filesystem that refuses buffered RWF_NOWAIT writes (ext4 does; tmpfs takes them): after the first
+// refusal, the fd's next writes go to the blocking pool with no io_submit each (the caller hands them to
+// the pool itself, without the submitter), and every byte lands.
+TEST(KaioPool, WritesTheKernelRefusesGoStraightToThePool) {
+  constexpr int kBlocks = 16;
+  TempFile file(kBlocks * 4096);
+  auto write_block = [&](int i) {
+    std::array<char, 4096> block;
+    for (size_t j = 0; j < block.size(); ++j) block[j] = static_cast<char>(0xA5 ^ i ^ (j & 0x7f));
+    struct aiocb cb = MakeCb(file.fd(), block.data(), block.size(), i * 4096);
+    ASSERT_EQ(kaio_aio_write(&cb), 0);
+    ASSERT_TRUE(WaitDone(Kaio(), &cb));
+    ASSERT_EQ(kaio_aio_return(&cb), 4096);
+  };
+  const uint64_t pool_before = Stats().service.pool_requests;
+  write_block(0);
+  const ServiceStats after_first = Stats().service;
+  if (after_first.pool_requests == pool_before) GTEST_SKIP() << "this filesystem takes buffered RWF_NOWAIT writes";
+  for (int i = 1; i < kBlocks; ++i) write_block(i);
+  const ServiceStats end = Stats().service;
+  EXPECT_EQ(end.io_submit_calls, after_first.io_submit_calls) << "a write the kernel refuses was offered to it again";
+  EXPECT_EQ(end.pool_requests - after_first.pool_requests, static_cast<uint64_t>(kBlocks - 1));
+  std::vector<uint8_t> data = file.Contents();
+  ASSERT_EQ(data.size(), kBlocks * 4096u);
+  for (int i = 0; i < kBlocks; ++i) {
+    for (size_t j = 0; j < 4096; j += 511) {
+      ASSERT_EQ(data[i * 4096 + j], static_cast<uint8_t>(0xA5 ^ i ^ (j & 0x7f))) << "block " << i << " byte " << j;
+    }
+  }
+}
+
 // Configure() is only for before the first request.
 TEST(KaioLimits, ConfigureAfterStartIsRefused) {
   TempFile file(4096);
