@@ -817,20 +817,22 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
 // ---------------------------------------------------------------- reaper
 
 void Engine::ReaperLoop() {
+  bool look_again_soon = false;
   while (true) {
     if (unsignalled_.load(std::memory_order_seq_cst) > 0) {
       WatchUnsignalled();
     } else {
       uint64_t value;
-      int rc = sys_.EventFdRead(kernel_efd_, &value);
+      int rc = look_again_soon ? -EAGAIN : sys_.EventFdRead(kernel_efd_, &value);
       if (rc < 0 && rc != -EINTR) {
-        // A failing eventfd read (seen only under fault injection) must not stop reaping: wait a
-        // little on the fd and look at the ring anyway.
+        // A failing eventfd read (seen only under fault injection), or a failed io_getevents that
+        // may have left events whose eventfd count is spent, must not stop reaping: wait a little
+        // on the fd and look at the ring anyway.
         struct pollfd pfd = {kernel_efd_, POLLIN, 0};
-        poll(&pfd, 1, 10);
+        if (poll(&pfd, 1, 10) > 0) sys_.EventFdRead(kernel_efd_, &value);
       }
       AcquireRole(reap_role_);
-      ReapAvailable(/*inline_caller=*/false);
+      look_again_soon = !ReapAvailable(/*inline_caller=*/false);
       ReleaseRole(reap_role_);
     }
     if (exiting_.load(std::memory_order_acquire) && in_kernel_.load(std::memory_order_acquire) == 0) break;
@@ -857,8 +859,9 @@ void Engine::WatchUnsignalled() {
   reaper_watching_.store(false, std::memory_order_seq_cst);
 }
 
-void Engine::ReapAvailable(bool inline_caller) {
+bool Engine::ReapAvailable(bool inline_caller) {
   std::vector<struct io_event>& events = reap_events_;
+  bool emptied = true;
   while (true) {
     reaping_.store(true, std::memory_order_seq_cst);
     if (in_kernel_.load(std::memory_order_seq_cst) == 0) break;
@@ -866,16 +869,21 @@ void Engine::ReapAvailable(bool inline_caller) {
     struct timespec zero = {0, 0};
     int got = sys_.IoGetEvents(ctx, 0, options_.reap_batch, events.data(), &zero);
     if (got == -EINTR) continue;
-    if (got <= 0) {
-      if (got < 0) std::fprintf(stderr, "kaio: io_getevents failed: %s\n", std::strerror(-got));
+    if (got < 0) {
+      if (!getevents_failing_) std::fprintf(stderr, "kaio: io_getevents failed: %s\n", std::strerror(-got));
+      getevents_failing_ = true;  // one message per run of failures, not one per retry
+      emptied = false;
       break;
     }
+    getevents_failing_ = false;
+    if (got == 0) break;
     RouteEvents(events.data(), got, inline_caller);
     // No early exit on a short batch: io_getevents may return fewer events than are ready, and the
     // eventfd count that announced the rest is already consumed. Emptiness is the only exit (the
     // ring is read in user space, so the final empty look costs no syscall).
   }
   reaping_.store(false, std::memory_order_seq_cst);
+  return emptied;
 }
 
 void Engine::RouteEvents(const struct io_event* events, int got, bool inline_caller) {

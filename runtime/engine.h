@@ -144,7 +144,8 @@ class Engine {
   void WakeSubmitterOnce();
 
   void ReaperLoop();
-  void ReapAvailable(bool inline_caller);
+  // Reaps until the ring is empty; false if io_getevents failed first (events may be left).
+  bool ReapAvailable(bool inline_caller);
   // Routes `got` events just taken from the ring (the caller holds the reap role).
   void RouteEvents(const struct io_event* events, int got, bool inline_caller);
   // While requests without the eventfd flag are in the kernel, the reaper looks at the ring often.
@@ -210,6 +211,7 @@ class Engine {
   alignas(64) std::atomic<int64_t> unsignalled_{0};  // requests in the kernel without the flag
   std::atomic<bool> reaper_watching_{false};         // the reaper is in WatchUnsignalled
   std::atomic<bool> reaping_{false};   // the reaper may be inside io_getevents
+  bool getevents_failing_ = false;     // guarded by the reap role: the last io_getevents failed
   std::atomic<uintptr_t> context_{0};  // io_context_t; created and released by the submitter
 
   std::atomic<bool> stopping_{false};

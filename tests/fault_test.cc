@@ -2,8 +2,9 @@
 // issue: each fault ends in a clear error on the affected request or in a retry; never a hang, a crash
 // or a lost request. Every wait below has a deadline, so a hang fails the test instead of stalling it.
 //
-// FewerEventsThanReady... found a real bug, fixed since: a short io_getevents batch made the reaper
-// stop with events still in the ring. SubmitRacingShutdown... guards a race found by reading the code.
+// FewerEventsThanReady... and OtherErrorsAreRetried... found real bugs, fixed since: a short or failed
+// io_getevents made the reaper stop with events still in the ring. SubmitRacingShutdown... guards a race
+// found by reading the code; ARequestIoSubmitRefused... one that CI hit (a hang in ~Service).
 #include <errno.h>
 #include <fcntl.h>
 #include <libaio.h>
@@ -309,6 +310,24 @@ TEST(FaultGetevents, EintrIsRetried) {
 // Regression (found by this test): Engine::ReapAvailable stopped when a call returned fewer than
 // reap_batch events and went back to sleep on the eventfd, whose count it had already consumed; the
 // events left in the ring were never reaped and their requesters waited forever (3 of 4 lost).
+// io_getevents has no transient error but EINTR; still, a failure must not end the reap with events
+// left in the ring, whose eventfd count the reaper has already consumed: they would wait for the next
+// completion, forever if there is none. The reaper tries again shortly instead.
+TEST(FaultGetevents, OtherErrorsAreRetriedNotLeftInTheRing) {
+  FaultSyscalls sys;
+  auto service = NewService(sys);
+  auto requester = NewRequester(*service);
+  TempFile file(4 * kBlock, O_DIRECT);
+  std::vector<AlignedBuffer> bufs;
+  sys.getevents_error = -EIO;
+  sys.getevents_error_count = 3;
+  ReadBlocksInOneBatch(sys, *requester, file, bufs, 4);
+  sys.submit_gate.Open();
+  for (const Completion& c : CollectReads(*requester, bufs, 4)) EXPECT_EQ(c.result, static_cast<int64_t>(kBlock));
+  EXPECT_EQ(sys.injected.getevents_errors.load(), 3u);
+  EXPECT_EQ(service->Stats().requests_failed, 0u);
+}
+
 TEST(FaultGetevents, FewerEventsThanReadyStillDeliversEveryCompletion) {
   FaultSyscalls sys;
   auto service = NewService(sys);
