@@ -823,11 +823,15 @@ void Engine::ReaperLoop() {
       WatchUnsignalled();
     } else {
       uint64_t value;
-      int rc = look_again_soon ? -EAGAIN : sys_.EventFdRead(kernel_efd_, &value);
-      if (rc < 0 && rc != -EINTR) {
-        // A failing eventfd read (seen only under fault injection), or a failed io_getevents that
-        // may have left events whose eventfd count is spent, must not stop reaping: wait a little
-        // on the fd and look at the ring anyway.
+      // A failed io_getevents may have left events whose eventfd count is spent, and a failing
+      // eventfd read (seen only under fault injection) must not stop reaping: in both cases wait a
+      // little on the fd and look at the ring anyway.
+      bool wait_briefly = look_again_soon;
+      if (!wait_briefly) {
+        const int rc = sys_.EventFdRead(kernel_efd_, &value);
+        wait_briefly = rc < 0 && rc != -EINTR;
+      }
+      if (wait_briefly) {
         struct pollfd pfd = {kernel_efd_, POLLIN, 0};
         if (poll(&pfd, 1, 10) > 0) sys_.EventFdRead(kernel_efd_, &value);
       }

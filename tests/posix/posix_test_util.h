@@ -7,6 +7,7 @@
 #include <aio.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -123,6 +124,13 @@ class Pipe {
   Pipe& operator=(const Pipe&) = delete;
   int read_end() const { return fds_[0]; }
   int write_end() const { return fds_[1]; }
+  // Waits, up to the deadline, until the pipe holds data (a writer has started).
+  ::testing::AssertionResult WaitReadable() const {
+    struct pollfd readable = {fds_[0], POLLIN, 0};
+    const int timeout_ms = static_cast<int>(std::chrono::milliseconds(kDeadline).count());
+    if (poll(&readable, 1, timeout_ms) == 1) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << "nothing was written to the pipe within the deadline";
+  }
   // Bytes waiting in the pipe.
   int Available() const {
     int n = 0;
@@ -170,14 +178,15 @@ inline ::testing::AssertionResult WaitDone(const Api& api, struct aiocb* cb) {
   return ::testing::AssertionSuccess();
 }
 
-// Waits until `pred` holds, re-checking after every completion (or every 10 ms), up to the deadline.
+// Waits until `pred` holds, re-checking every millisecond, up to the deadline: for counters (kaio's
+// stats, the tests' callback tallies), which have no event to wait on.
 template <typename Pred>
 ::testing::AssertionResult WaitUntil(Pred pred, const char* what) {
   auto deadline = Clock::now() + kDeadline;
   while (!pred()) {
     if (Clock::now() > deadline) return ::testing::AssertionFailure() << "timed out waiting for " << what;
     struct timespec ts = {0, 1000000};
-    nanosleep(&ts, nullptr);  // polling an external condition (a counter, the pipe), not synchronizing
+    nanosleep(&ts, nullptr);  // polling a counter with no event, not synchronizing
   }
   return ::testing::AssertionSuccess();
 }
