@@ -21,7 +21,7 @@ constexpr uint32_t kNoSlot = core::SlotTable::kNoSlot;
 
 bool InFlight(SlotState state) {
   return state == SlotState::kClaimed || state == SlotState::kQueued || state == SlotState::kInKernel ||
-         state == SlotState::kPoolQueued || state == SlotState::kPoolRunning ||
+         state == SlotState::kPoolQueued || state == SlotState::kPoolRunning || state == SlotState::kStreamTrying ||
          state == SlotState::kCancelledQueued;
 }
 

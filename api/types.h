@@ -87,6 +87,7 @@ struct ServiceStats {
   uint64_t io_submit_eagain = 0;    // times io_submit said the kernel queue was full
   uint64_t pool_requests = 0;       // requests run by the blocking fallback pool
   uint64_t nowait_retries = 0;      // RWF_NOWAIT requests the kernel refused with EAGAIN
+  uint64_t stream_requests = 0;     // reads and writes run in call order: pipes, sockets, ttys, O_APPEND
   int64_t max_io_submit_ns = 0;     // the longest single io_submit call
   uint64_t contexts_created = 0;
   uint64_t contexts_released = 0;   // released after the idle time

@@ -2,6 +2,7 @@
 //
 // A request lives in one Slot from submission until its completion is consumed:
 //   free -> claimed -> queued -> in kernel | pool queued -> pool running -> completed -> (returned) -> free
+// (a stream lane's request goes pool queued <-> stream trying until it completes),
 // with cancelled-queued as a side exit from queued / pool queued. Every transition is a
 // compare-and-swap on Slot::word, which packs the generation with the state, so a stale ticket can
 // never move a reused slot, and exactly one thread wins each transition (which is what makes every
@@ -31,6 +32,7 @@ enum class SlotState : uint32_t {
   kInKernel,         // handed to io_submit
   kPoolQueued,       // waiting for a fallback worker
   kPoolRunning,      // a fallback worker runs it
+  kStreamTrying,     // a stream lane's thread tries it without blocking: a few microseconds at most
   kCompleted,        // result stored and routed to its sink
   kReturned,         // the owner took the result through Return(); freed when its mailbox drains it
 };
@@ -60,6 +62,7 @@ enum SlotFlags : uint32_t {
   kSlotForcePool = 1u << 1,   // run it in the fallback pool
   kSlotForceKernel = 1u << 2, // known not to block the submitter (O_DIRECT): no RWF_NOWAIT retry
   kSlotUnsignalled = 1u << 3, // in the kernel without IOCB_FLAG_RESFD: its completion wakes nobody
+  kSlotStream = 1u << 4,      // in a runtime::StreamLanes lane: run in call order, one at a time
 };
 
 struct alignas(64) Slot {

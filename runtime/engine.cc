@@ -15,10 +15,12 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/planted_bug.h"
+#include "runtime/stream_lanes.h"
 
 namespace kaio::runtime {
 
@@ -131,8 +133,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ServiceOptions& opt
   sigset_t all_signals, caller_mask;
   sigfillset(&all_signals);
   pthread_sigmask(SIG_BLOCK, &all_signals, &caller_mask);
-  engine->submitter_ = std::thread([e = engine.get()] { e->SubmitterLoop(); });
-  engine->reaper_ = std::thread([e = engine.get()] { e->ReaperLoop(); });
+  try {
+    engine->submitter_ = std::thread([e = engine.get()] { e->SubmitterLoop(); });
+    engine->reaper_ = std::thread([e = engine.get()] { e->ReaperLoop(); });
+  } catch (const std::system_error& e) {
+    pthread_sigmask(SIG_SETMASK, &caller_mask, nullptr);
+    // The destructor stops and joins whichever of the two did start.
+    return absl::ResourceExhaustedError(absl::StrCat("kaio: cannot start the service's threads: ", e.what()));
+  }
   pthread_sigmask(SIG_SETMASK, &caller_mask, nullptr);
   absl::Status pinned = NameAndPin(engine->submitter_, options.submitter_thread_name, options.submitter_cpu);
   if (pinned.ok()) pinned = NameAndPin(engine->reaper_, options.reaper_thread_name, options.reaper_cpu);
@@ -153,7 +161,8 @@ Engine::Engine(const ServiceOptions& options, core::Syscalls& sys, int submit_ef
       submit_meta_(static_cast<size_t>(options.submit_batch)),
       inline_batch_(static_cast<size_t>(options.submit_batch)),
       last_kernel_activity_(absl::Now()),
-      reap_events_(static_cast<size_t>(options.reap_batch)) {
+      reap_events_(static_cast<size_t>(options.reap_batch)),
+      lanes_(std::make_unique<StreamLanes>(*this)) {
   learn_.reserve(static_cast<size_t>(options.submit_batch));  // filled per inline batch, never grown
 }
 
@@ -173,6 +182,7 @@ Engine::~Engine() {
     pool_cv_.notify_all();
   }
   for (std::thread& t : pool_threads_) t.join();
+  lanes_.reset();  // after the pool, which tells the lanes when it finishes one of theirs
   if (uintptr_t ctx = context_.load(std::memory_order_acquire); ctx != 0) {
     sys_.IoDestroy(reinterpret_cast<io_context_t>(ctx));
   }
@@ -230,9 +240,25 @@ void Engine::Enqueue(ProducerToken& token, uint32_t index) {
 void Engine::EnqueueToPool(uint32_t index) {
   core::Slot& slot = slots_.at(index);
   uint64_t word = slot.word.load(std::memory_order_relaxed);
-  // release: the worker (or a canceller) that acquires kPoolQueued sees the filled iocb.
+  const StreamLanes::Order order = IsReadOrWrite(slot.cb.aio_lio_opcode)
+                                       ? StreamLanes::Classify(slot.cb.aio_fildes, slot.cb.aio_lio_opcode)
+                                       : StreamLanes::Order::kFree;
+  if (order != StreamLanes::Order::kFree) slot.flags |= core::kSlotStream;
+  // release: the worker, lane (or a canceller) that acquires kPoolQueued sees the filled iocb.
   slot.word.store(core::PackWord(WordGeneration(word), SlotState::kPoolQueued), std::memory_order_release);
-  PoolPush(index);
+  if (order == StreamLanes::Order::kFree) {
+    PoolPush(index);
+  } else {
+    PushToLane(index, order);
+  }
+}
+
+void Engine::PushToLane(uint32_t index, StreamLanes::Order order) {
+  counters_.stream_requests.fetch_add(1, std::memory_order_relaxed);
+  if (lanes_->Push(index, order)) return;
+  // No thread for the lanes: this request fails with EAGAIN (glibc's answer when it cannot start a
+  // helper), unless it was cancelled meanwhile.
+  if (!Complete(index, SlotState::kPoolQueued, -EAGAIN)) Complete(index, SlotState::kCancelledQueued, -ECANCELED);
 }
 
 void Engine::WakeSubmitterOnce() {
@@ -442,14 +468,20 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
       case SlotState::kReturned:
         return absl::InvalidArgumentError("kaio: stale or unknown ticket (EINVAL)");
       case SlotState::kPoolQueued:
-        // The rest of a partial RWF_NOWAIT result: data already moved, it cannot be undone.
-        if (slot.partial > 0) return CancelResult::kNotCanceled;
+        // The rest of a partial RWF_NOWAIT result, or a stream write waiting to write the rest:
+        // data already moved, it cannot be undone. (Relaxed: a stream lane's thread may be
+        // writing it for a newer attempt; then the CAS below fails, since it moved the word.)
+        if (std::atomic_ref<uint64_t>(slot.partial).load(std::memory_order_relaxed) > 0) {
+          return CancelResult::kNotCanceled;
+        }
         [[fallthrough]];
       case SlotState::kQueued:
-        // Whoever holds it (submitter or pool) completes it with ECANCELED instead of running it.
-        // acq_rel: the holder's CAS out of kQueued fails and it sees our state.
+        // Whoever holds it (submitter, pool or a stream lane) completes it with ECANCELED instead
+        // of running it. acq_rel: the holder's CAS out of kQueued fails and it sees our state.
         if (slot.word.compare_exchange_weak(word, core::PackWord(generation, SlotState::kCancelledQueued),
                                             std::memory_order_acq_rel, std::memory_order_acquire)) {
+          // A lane's request may wait behind an idle stream: have the lanes complete it now.
+          if (WordState(word) == SlotState::kPoolQueued && (slot.flags & core::kSlotStream)) lanes_->Kick();
           return CancelResult::kCanceled;
         }
         continue;  // word reloaded
@@ -475,6 +507,13 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
       }
       case SlotState::kPoolRunning:
         return CancelResult::kNotCanceled;
+      case SlotState::kStreamTrying:
+        // A non-blocking attempt, over in microseconds: its outcome decides (data moved: not
+        // cancelled; nothing there: back to kPoolQueued, and cancelled). Answering "not cancelled"
+        // now would depend on the moment, where glibc's answer for a waiting request does not.
+        sched_yield();
+        word = slot.word.load(std::memory_order_acquire);
+        continue;
       case SlotState::kCompleted:
         return CancelResult::kAllDone;
     }
@@ -540,6 +579,7 @@ ServiceStats Engine::Stats() const {
   s.io_submit_eagain = counters_.io_submit_eagain.load(std::memory_order_relaxed);
   s.pool_requests = counters_.pool_requests.load(std::memory_order_relaxed);
   s.nowait_retries = counters_.nowait_retries.load(std::memory_order_relaxed);
+  s.stream_requests = counters_.stream_requests.load(std::memory_order_relaxed);
   s.max_io_submit_ns = counters_.max_io_submit_ns.load(std::memory_order_relaxed);
   s.contexts_created = counters_.contexts_created.load(std::memory_order_relaxed);
   s.contexts_released = counters_.contexts_released.load(std::memory_order_relaxed);
@@ -611,22 +651,37 @@ void Engine::WaitForWork(absl::Time deadline) {
 
 bool Engine::EnsureContext() {
   if (context_.load(std::memory_order_relaxed) != 0) return true;
+  // After a failure, io_setup is tried again only after a back-off (the system-wide limit does not
+  // free up by the microsecond): a program doing 1,000 reads made 1,000 calls and printed 1,000 lines.
+  const absl::Time now = absl::Now();
+  if (now < next_setup_attempt_) return false;
   io_context_t ctx = nullptr;
   int rc = sys_.IoSetup(options_.queue_depth, &ctx);
   if (rc < 0) {
+    setup_backoff_ = std::clamp(setup_backoff_ * 2, absl::Milliseconds(100), absl::Seconds(10));
+    next_setup_attempt_ = now + setup_backoff_;
+    if (setup_failure_reported_) return false;  // said once per run of failures
+    setup_failure_reported_ = true;
     if (rc == -EAGAIN) {
       std::fprintf(stderr,
                    "kaio: io_setup(%d) failed with EAGAIN: the system-wide AIO limit is exhausted "
                    "(fs.aio-nr=%s, fs.aio-max-nr=%s). Raise it with `sysctl -w fs.aio-max-nr=N` or lower "
-                   "ServiceOptions::queue_depth. Requests run in the blocking pool meanwhile.\n",
+                   "ServiceOptions::queue_depth. Requests run in the blocking pool meanwhile; kaio tries "
+                   "again every few seconds and says nothing more until it succeeds.\n",
                    options_.queue_depth, ReadProcValue("/proc/sys/fs/aio-nr").c_str(),
                    ReadProcValue("/proc/sys/fs/aio-max-nr").c_str());
     } else {
-      std::fprintf(stderr, "kaio: io_setup(%d) failed: %s; requests run in the blocking pool.\n",
+      std::fprintf(stderr,
+                   "kaio: io_setup(%d) failed: %s; requests run in the blocking pool meanwhile (kaio "
+                   "tries again every few seconds and says nothing more until it succeeds).\n",
                    options_.queue_depth, std::strerror(-rc));
     }
     return false;
   }
+  if (setup_failure_reported_) std::fprintf(stderr, "kaio: io_setup(%d) succeeded again\n", options_.queue_depth);
+  setup_failure_reported_ = false;
+  setup_backoff_ = absl::ZeroDuration();
+  next_setup_attempt_ = absl::InfinitePast();
   // release: Cancel() acquires the context to call io_cancel on it.
   context_.store(reinterpret_cast<uintptr_t>(ctx), std::memory_order_release);
   counters_.contexts_created.fetch_add(1, std::memory_order_relaxed);
@@ -652,6 +707,11 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
   int64_t unsignalled_count = 0;
   bool goes_to_device = false;
   bool have_context = EnsureContext();
+  // Which requests need their call order kept (streams, O_APPEND writes): one look per fd and
+  // direction in a batch, which is usually one fd (see StreamLanes).
+  int classified_fd = -1;
+  short classified_op = -1;
+  StreamLanes::Order classified = StreamLanes::Order::kFree;
   for (size_t i = 0; i < count; ++i) {
     uint32_t index = batch[i];
     core::Slot& slot = slots_.at(index);
@@ -660,6 +720,25 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     if (WordState(word) == SlotState::kCancelledQueued) {
       Complete(index, SlotState::kCancelledQueued, -ECANCELED);
       continue;
+    }
+    if (IsReadOrWrite(slot.cb.aio_lio_opcode)) {
+      const bool is_write = slot.cb.aio_lio_opcode == IO_CMD_PWRITE || slot.cb.aio_lio_opcode == IO_CMD_PWRITEV;
+      const bool was_write = classified_op == IO_CMD_PWRITE || classified_op == IO_CMD_PWRITEV;
+      if (slot.cb.aio_fildes != classified_fd || classified_op < 0 || is_write != was_write) {
+        classified_fd = slot.cb.aio_fildes;
+        classified_op = slot.cb.aio_lio_opcode;
+        classified = StreamLanes::Classify(classified_fd, classified_op);
+      }
+      if (classified != StreamLanes::Order::kFree) {
+        slot.flags |= core::kSlotStream;  // before the release below, for Cancel and the pool
+        if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
+                                              std::memory_order_acq_rel, std::memory_order_acquire)) {
+          PushToLane(index, classified);
+        } else {
+          Complete(index, SlotState::kCancelledQueued, -ECANCELED);
+        }
+        continue;
+      }
     }
     if (!have_context || (slot.flags & core::kSlotForcePool)) {
       if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
@@ -978,22 +1057,45 @@ bool Engine::StoppedShort(const struct iocb& cb, int64_t result) {
 
 void Engine::PoolPush(uint32_t index) {
   counters_.pool_requests.fetch_add(1, std::memory_order_relaxed);
-  std::lock_guard<std::mutex> lock(pool_mu_);
-  pool_queue_.push_back(index);
-  if (pool_idle_ == 0 && static_cast<int>(pool_threads_.size()) < std::max(1, options_.fallback_threads)) {
+  {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    pool_queue_.push_back(index);
+    if (pool_idle_ > 0 || static_cast<int>(pool_threads_.size()) >= std::max(1, options_.fallback_threads)) {
+      pool_cv_.notify_one();
+      return;
+    }
     // This may run on an inline_io requester's thread: the worker must not inherit its signal mask
     // (kaio's threads block every signal, so a process-directed signal never lands on them).
     sigset_t all_signals, caller_mask;
     sigfillset(&all_signals);
     pthread_sigmask(SIG_BLOCK, &all_signals, &caller_mask);
-    pool_threads_.emplace_back([this] { PoolLoop(); });
+    bool started = true;
+    try {
+      pool_threads_.emplace_back([this] { PoolLoop(); });
+    } catch (const std::system_error&) {
+      started = false;  // RLIMIT_NPROC, address space: the workers there are will get to it
+    }
     pthread_sigmask(SIG_SETMASK, &caller_mask, nullptr);
-    std::string name = absl::StrCat("kaio-pool-", pool_threads_.size() - 1);
-    pthread_setname_np(pool_threads_.back().native_handle(), name.substr(0, 15).c_str());
-    counters_.pool_threads.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    pool_cv_.notify_one();
+    if (started) {
+      std::string name = absl::StrCat("kaio-pool-", pool_threads_.size() - 1);
+      pthread_setname_np(pool_threads_.back().native_handle(), name.substr(0, 15).c_str());
+      counters_.pool_threads.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (!pool_threads_.empty()) {
+      pool_cv_.notify_one();
+      return;
+    }
+    // No worker at all, and none to be had: this request fails with EAGAIN (glibc's answer when it
+    // cannot start a helper thread) instead of waiting for ever; the next one tries again.
+    pool_queue_.erase(std::find(pool_queue_.begin(), pool_queue_.end(), index));
   }
+  core::Slot& slot = slots_.at(index);
+  const bool from_lane = (slot.flags & core::kSlotStream) != 0;
+  const int lane_fd = slot.cb.aio_fildes;
+  const short lane_op = slot.cb.aio_lio_opcode;
+  if (!Complete(index, SlotState::kPoolQueued, -EAGAIN)) Complete(index, SlotState::kCancelledQueued, -ECANCELED);
+  if (from_lane) lanes_->OnPoolDone(lane_fd, lane_op);
 }
 
 void Engine::PoolLoop() {
@@ -1011,6 +1113,10 @@ void Engine::PoolLoop() {
     lock.unlock();
     core::Slot& slot = slots_.at(index);
     uint64_t word = slot.word.load(std::memory_order_acquire);
+    // A lane's head: once it is complete the slot is its owner's, so note where it came from first.
+    const bool from_lane = (slot.flags & core::kSlotStream) != 0;
+    const int lane_fd = slot.cb.aio_fildes;
+    const short lane_op = slot.cb.aio_lio_opcode;
     if (WordState(word) == SlotState::kPoolQueued &&
         slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolRunning),
                                           std::memory_order_acq_rel)) {
@@ -1025,6 +1131,7 @@ void Engine::PoolLoop() {
     } else {
       Complete(index, SlotState::kCancelledQueued, -ECANCELED);
     }
+    if (from_lane) lanes_->OnPoolDone(lane_fd, lane_op);
     lock.lock();
   }
 }

@@ -38,6 +38,7 @@
 #include "absl/time/time.h"
 #include "core/slot.h"
 #include "core/syscalls.h"
+#include "runtime/stream_lanes.h"
 #include "kaio/types.h"
 
 namespace kaio::runtime {
@@ -115,7 +116,11 @@ class Engine {
   ServiceStats Stats() const;
 
  private:
+  friend class StreamLanes;  // completes its requests and hands heads to the pool
+
   Engine(const ServiceOptions& options, core::Syscalls& sys, int submit_efd, int kernel_efd);
+  // Hands a slot in kPoolQueued, marked kSlotStream, to its lane.
+  void PushToLane(uint32_t index, StreamLanes::Order order);
 
   // Moves a request from `from` to kCompleted with `result` and delivers it. False if it was not in
   // `from` (another thread got there first).
@@ -231,6 +236,10 @@ class Engine {
   std::vector<uint32_t> inline_batch_;
   std::vector<Submitted> learn_;        // the requests of an inline batch io_submit accepted
   absl::Time last_kernel_activity_;
+  // io_setup's back-off after a failure (see EnsureContext).
+  absl::Time next_setup_attempt_ = absl::InfinitePast();
+  absl::Duration setup_backoff_ = absl::ZeroDuration();
+  bool setup_failure_reported_ = false;
   // Guarded by the reap role.
   std::vector<struct io_event> reap_events_;
 
@@ -250,12 +259,16 @@ class Engine {
   struct alignas(64) Counters {
     std::atomic<uint64_t> completed{0}, cancelled{0}, failed{0};
     std::atomic<uint64_t> kernel_submitted{0}, io_submit_calls{0}, io_submit_eagain{0};
-    std::atomic<uint64_t> pool_requests{0}, nowait_retries{0};
+    std::atomic<uint64_t> pool_requests{0}, nowait_retries{0}, stream_requests{0};
     std::atomic<int64_t> max_io_submit_ns{0};
     std::atomic<uint64_t> contexts_created{0}, contexts_released{0}, pool_threads{0}, pool_running{0};
     std::atomic<uint64_t> accepted_by_gone_sinks{0};
     std::atomic<uint64_t> inline_submitted{0}, inline_reaped{0};
   } counters_;
+
+  // Requests whose call order is kept (streams, O_APPEND writes); after the pool's members, since
+  // the pool reports to it.
+  std::unique_ptr<StreamLanes> lanes_;
 
   std::thread submitter_;
   std::thread reaper_;

@@ -1,7 +1,9 @@
-// Never block the submitter: what kernel AIO would run synchronously (pipes, sockets, buffered
-// cache misses) goes to the bounded fallback pool, with the same semantics.
+// Never block the submitter: what kernel AIO would run synchronously (buffered cache misses, ttys)
+// goes to the bounded fallback pool, with the same semantics; pipes and sockets wait for readiness
+// in the stream lanes (runtime/stream_lanes.h), in no thread at all.
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -43,6 +45,22 @@ struct Pipe {
   int fds[2];
 };
 
+// A pseudo-terminal: a tty refuses RWF_NOWAIT, so its reads run in the pool, blocked until the
+// master side writes. fds[0] is the terminal (read there), fds[1] the master (write there).
+struct Pty {
+  Pty() {
+    fds[1] = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (fds[1] < 0 || grantpt(fds[1]) != 0 || unlockpt(fds[1]) != 0) abort();
+    fds[0] = open(ptsname(fds[1]), O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (fds[0] < 0) abort();
+  }
+  ~Pty() {
+    close(fds[0]);
+    close(fds[1]);
+  }
+  int fds[2];
+};
+
 TEST(Fallback, EmptyPipeReadDoesNotHoldUpODirectReads) {
   auto service = Service::Create({});
   ASSERT_TRUE(service.ok());
@@ -78,9 +96,10 @@ TEST(Fallback, EmptyPipeReadDoesNotHoldUpODirectReads) {
   }
   for (auto& th : threads) th.join();
   EXPECT_EQ(good.load(), kThreads * kPerThread);
-  // The pipe read is still pending, in the pool, not in the submitter.
+  // The pipe read is still pending, waiting for data in its stream lane: in no thread at all.
   EXPECT_EQ((*pipe_requester)->Error(*pending), EINPROGRESS);
-  EXPECT_GE((*service)->Stats().pool_requests, 1u);
+  EXPECT_EQ((*service)->Stats().stream_requests, 1u);
+  EXPECT_EQ((*service)->Stats().pool_running, 0u);
 
   ASSERT_EQ(write(p.fds[1], "fallback!", 9), 9);
   ASSERT_TRUE((*pipe_requester)->WaitAll({*pending}, absl::Seconds(20)).ok());
@@ -254,7 +273,7 @@ TEST(Fallback, PoolStaysWithinItsBoundAndCancelsQueuedWork) {
   auto requester = Requester::Create(**service);
   ASSERT_TRUE(requester.ok());
   constexpr int kPipes = 6;
-  Pipe pipes[kPipes];
+  Pty pipes[kPipes];  // reads that block a pool worker until the master side writes
   char buf[kPipes][8];
   std::vector<Ticket> tickets;
   for (int i = 0; i < kPipes; ++i) {
@@ -277,7 +296,7 @@ TEST(Fallback, PoolStaysWithinItsBoundAndCancelsQueuedWork) {
   }
   EXPECT_EQ(running, 2);
   EXPECT_EQ(cancelled, kPipes - 2);
-  for (int i = 0; i < kPipes; ++i) ASSERT_EQ(write(pipes[i].fds[1], "z", 1), 1);
+  for (int i = 0; i < kPipes; ++i) ASSERT_EQ(write(pipes[i].fds[1], "z\n", 2), 2);  // a line ends a tty read
   ASSERT_TRUE((*requester)->WaitAll(tickets, absl::Seconds(20)).ok());
   int delivered = 0, ecanceled = 0;
   for (Ticket t : tickets) {
@@ -290,7 +309,7 @@ TEST(Fallback, PoolStaysWithinItsBoundAndCancelsQueuedWork) {
   EXPECT_LE((*service)->Stats().pool_threads, 2u);
 }
 
-TEST(Fallback, ShutdownWaitsForAPoolRequestBlockedOnAPipe) {
+TEST(Fallback, ShutdownWaitsForAReadWaitingOnAPipe) {
   auto service = Service::Create({});
   ASSERT_TRUE(service.ok());
   auto requester = Requester::Create(**service);
@@ -299,7 +318,7 @@ TEST(Fallback, ShutdownWaitsForAPoolRequestBlockedOnAPipe) {
   char buf[8];
   auto t = (*requester)->Read(p.fds[0], buf, sizeof(buf), 0);
   ASSERT_TRUE(t.ok());
-  ASSERT_TRUE(testing::WaitUntil([&] { return (*service)->Stats().pool_running == 1; }));
+  ASSERT_TRUE(testing::WaitUntil([&] { return (*service)->Stats().stream_requests == 1; }));
   std::atomic<bool> shut{false};
   std::thread shutter([&] {
     (*service)->Shutdown();

@@ -58,19 +58,6 @@ std::string ApiName(const ::testing::TestParamInfo<const Api*>& info) { return i
 
 INSTANTIATE_TEST_SUITE_P(Posix, Conformance, ::testing::Values(&Glibc(), &Kaio()), ApiName);
 
-// For kaio: waits until `n` more requests reached the blocking pool than `base` (left the submitter
-// and the kernel: a request in between can only be answered AIO_NOTCANCELED) and both pool workers
-// are busy, so the later ones wait in the pool's queue.
-::testing::AssertionResult WaitForPool(const Api& api, uint64_t base, uint64_t n) {
-  if (!api.kaio) return ::testing::AssertionSuccess();
-  return WaitUntil(
-      [&] {
-        ServiceStats s = Stats().service;
-        return s.pool_requests >= base + n && s.pool_running >= 2;
-      },
-      "requests to reach the pool and both workers to be busy");
-}
-
 // ---------------------------------------------------------------- aio_read
 
 // aio_read: "returns 0 if the request was queued"; on completion aio_error is 0 and aio_return is
@@ -399,18 +386,16 @@ TEST_P(Conformance, ErrorOnUnsubmittedAiocb) {
 // ---------------------------------------------------------------- aio_cancel
 
 // aio_cancel: a request that has not started is cancelled: AIO_CANCELED, error status ECANCELED,
-// return status -1. (glibc runs one request per descriptor at a time, so the third read waits; kaio
-// has two pool workers, both blocked on the first two reads.)
+// return status -1. (Both glibc and kaio run one read per pipe at a time, in call order, so the third
+// read waits its turn.)
 TEST_P(Conformance, CancelQueuedRequest) {
   Pipe p;
   char buf[3][1];
-  uint64_t base = Stats().service.pool_requests;
   struct aiocb cbs[3];
   for (int i = 0; i < 3; ++i) {
     cbs[i] = MakeCb(p.read_end(), buf[i], 1, 0);
     ASSERT_EQ(api().read(&cbs[i]), 0);
   }
-  ASSERT_TRUE(WaitForPool(api(), base, 3));
   EXPECT_EQ(api().cancel(p.read_end(), &cbs[2]), AIO_CANCELED);
   EXPECT_EQ(api().error(&cbs[2]), ECANCELED);
   EXPECT_EQ(api().ret(&cbs[2]), -1);
@@ -454,14 +439,12 @@ TEST_P(Conformance, CancelAllOnDescriptor) {
   Pipe p;
   constexpr size_t kSize = 256 * 1024;  // 4 times a pipe's capacity
   std::string data(kSize, 'c');
-  uint64_t base = Stats().service.pool_requests;
   struct aiocb cbs[3];
   for (int i = 0; i < 3; ++i) {
     cbs[i] = MakeCb(p.write_end(), data.data(), kSize, 0);
     ASSERT_EQ(api().write(&cbs[i]), 0);
   }
   ASSERT_TRUE(p.WaitReadable()) << "the first write to start";
-  ASSERT_TRUE(WaitForPool(api(), base, 3));
   EXPECT_EQ(api().cancel(p.write_end(), nullptr), AIO_NOTCANCELED);
   int cancelled = 0;
   for (int i = 0; i < 3; ++i) {
@@ -469,15 +452,9 @@ TEST_P(Conformance, CancelAllOnDescriptor) {
     EXPECT_TRUE(e == ECANCELED || e == EINPROGRESS) << i << ": " << e;
     if (e == ECANCELED) ++cancelled;
   }
-  // glibc runs one request per descriptor: both later writes were waiting. kaio's two workers run
-  // two of the three pool jobs (the rest of the first write, the second, the third: their order
-  // depends on the kernel's answers); the one left waiting is cancelled unless it is the rest of the
-  // first write, which has already moved data and cannot be undone.
-  if (kaio()) {
-    EXPECT_LE(cancelled, 1);
-  } else {
-    EXPECT_EQ(cancelled, 2);
-  }
+  // Writes to a pipe run one at a time in call order (glibc: one request per descriptor; kaio: one
+  // per descriptor and direction), so both later writes were waiting.
+  EXPECT_EQ(cancelled, 2);
   ASSERT_NO_FATAL_FAILURE(p.Drain(kSize * static_cast<size_t>(3 - cancelled)));
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(WaitDone(api(), &cbs[i]));
@@ -512,7 +489,6 @@ TEST_P(Conformance, CancelWithOtherDescriptorIsEINVAL) {
 TEST_P(Conformance, CancelledRequestIsNotified) {
   Pipe p;
   char buf[3][1];
-  uint64_t base = Stats().service.pool_requests;
   struct aiocb cbs[3];
   for (int i = 0; i < 3; ++i) {
     cbs[i] = MakeCb(p.read_end(), buf[i], 1, 0);
@@ -523,7 +499,6 @@ TEST_P(Conformance, CancelledRequestIsNotified) {
     }
     ASSERT_EQ(api().read(&cbs[i]), 0);
   }
-  ASSERT_TRUE(WaitForPool(api(), base, 3));
   ASSERT_EQ(api().cancel(p.read_end(), &cbs[2]), AIO_CANCELED);
   siginfo_t info;
   ASSERT_TRUE(TakeSignal(RequestSignal(), &info));
@@ -1125,7 +1100,6 @@ TEST(KaioLimits, TooManyRequestsIsEAGAIN) {
   Pipe p;
   const int limit = 2048;
   ASSERT_TRUE(WaitUntil([] { return Stats().service.in_flight == 0; }, "earlier requests to drain"));
-  uint64_t base = Stats().service.pool_requests;
   std::vector<struct aiocb> cbs(limit + 1);
   std::vector<char> bufs(limit + 1);
   int accepted = 0;
@@ -1143,16 +1117,19 @@ TEST(KaioLimits, TooManyRequestsIsEAGAIN) {
   if (accepted < limit + 1) {
     EXPECT_EQ(kaio_aio_error(&cbs[accepted]), EAGAIN);
   }
-  // Cancel what waits, release the running ones, and wait for every request.
-  ASSERT_TRUE(WaitForPool(Kaio(), base, static_cast<uint64_t>(accepted)));
-  EXPECT_EQ(kaio_aio_cancel(p.read_end(), nullptr), AIO_NOTCANCELED);
-  ASSERT_NO_FATAL_FAILURE(p.Put(static_cast<size_t>(accepted)));
-  for (int i = 0; i < accepted; ++i) ASSERT_TRUE(WaitDone(Kaio(), &cbs[i])) << i;
+  // Every read waits on the empty pipe (the first for data, the rest for their turn): all are
+  // really cancelled, and every slot comes back.
+  EXPECT_EQ(kaio_aio_cancel(p.read_end(), nullptr), AIO_CANCELED);
+  for (int i = 0; i < accepted; ++i) {
+    ASSERT_TRUE(WaitDone(Kaio(), &cbs[i])) << i;
+    EXPECT_EQ(kaio_aio_error(&cbs[i]), ECANCELED) << i;
+  }
   // The slots come back: a new request is accepted.
   ASSERT_TRUE(WaitUntil([] { return Stats().service.in_flight == 0; }, "the cancelled requests to drain"));
   char byte;
   struct aiocb again = MakeCb(p.read_end(), &byte, 1, 0);
   ASSERT_EQ(kaio_aio_read(&again), 0);
+  ASSERT_NO_FATAL_FAILURE(p.Put(1));
   ASSERT_TRUE(WaitDone(Kaio(), &again));
 }
 
