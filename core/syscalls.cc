@@ -1,7 +1,11 @@
 #include "core/syscalls.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 namespace kaio::core {
 
@@ -74,6 +78,23 @@ int Syscalls::EventFdWrite(int fd, uint64_t value) {
 Syscalls& Syscalls::Real() {
   static Syscalls real;
   return real;
+}
+
+int MoveOutOfTheWay(int fd) {
+  if (fd < 0) return fd;
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return fd;
+  // 960 is the top 64 of the usual soft limit of 1024: far from where programs dup2, and a higher
+  // floor under a large limit (containers set 1M) would only grow the process's fd table.
+  const rlim_t soft = limit.rlim_cur == RLIM_INFINITY ? rlim_t{1} << 20 : limit.rlim_cur;
+  const int floor = static_cast<int>(std::min<rlim_t>(960, soft * 3 / 4));
+  if (fd >= floor) return fd;
+  const int saved = errno;
+  const int moved = fcntl(fd, F_DUPFD_CLOEXEC, floor);
+  errno = saved;
+  if (moved < 0) return fd;  // EINVAL or EMFILE: nothing free up there, keep the low one
+  close(fd);
+  return moved;
 }
 
 }  // namespace kaio::core

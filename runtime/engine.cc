@@ -115,10 +115,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ServiceOptions& opt
   if (options.idle_release < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("kaio: idle_release must not be negative");
   }
-  int submit_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  int submit_efd = core::MoveOutOfTheWay(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (submit_efd < 0) return absl::ErrnoToStatus(errno, "kaio: eventfd for the submitter");
   // Blocking: the reaper sleeps in read() on it.
-  int kernel_efd = eventfd(0, EFD_CLOEXEC);
+  int kernel_efd = core::MoveOutOfTheWay(eventfd(0, EFD_CLOEXEC));
   if (kernel_efd < 0) {
     int err = errno;
     close(submit_efd);

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <system_error>
 
+#include "core/syscalls.h"
 #include "runtime/engine.h"
 
 namespace kaio::runtime {
@@ -127,9 +128,9 @@ void StreamLanes::Kick() {
 
 bool StreamLanes::EnsureThreadLocked() {
   if (thread_.joinable()) return true;
-  if (epoll_fd_ < 0) epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) epoll_fd_ = core::MoveOutOfTheWay(epoll_create1(EPOLL_CLOEXEC));
   if (wake_fd_ < 0 && epoll_fd_ >= 0) {
-    wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    wake_fd_ = core::MoveOutOfTheWay(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     struct epoll_event ev = {};
     ev.events = EPOLLIN;
     ev.data.u64 = kWakeKey;

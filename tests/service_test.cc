@@ -682,5 +682,55 @@ TEST(Shutdown, DestroyingARequesterWaitsForItsRequests) {
   close(pipe_fds[1]);
 }
 
+// Issue 13, item 15: kaio's own descriptors stay out of the low numbers programs reuse. A program
+// that dup2s onto the lowest free numbers after starting kaio (as daemons do for 0-2 and beyond)
+// used to land on kaio's completion eventfd, and every later request failed with EINVAL.
+TEST(Service, ItsDescriptorsStayOutOfTheLowNumbers) {
+  struct rlimit limit;
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &limit), 0);
+  if (limit.rlim_cur < 128) GTEST_SKIP() << "RLIMIT_NOFILE soft limit " << limit.rlim_cur << " < 128";
+  auto lowest_free = [] {
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    close(fd);
+    return fd;
+  };
+  const int low = lowest_free();
+  auto service = Service::Create({});
+  ASSERT_TRUE(service.ok()) << service.status();
+  auto requester = Requester::Create(**service);
+  ASSERT_TRUE(requester.ok());
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);  // starts the stream lanes' epoll set and eventfd
+  ASSERT_EQ(write(pipe_fds[1], "x", 1), 1);
+  char byte = 0;
+  auto piped = (*requester)->Read(pipe_fds[0], &byte, 1, 0);
+  ASSERT_TRUE(piped.ok());
+  ASSERT_TRUE((*requester)->WaitAll({*piped}, absl::Seconds(20)).ok());
+  EXPECT_EQ((*requester)->Return(*piped), 1);
+  // Every number from `low` up to the pipe's is the requester's notify fd or the pipe: none of kaio's.
+  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  ASSERT_GE(devnull, 0);
+  std::vector<int> taken;
+  for (int fd = low; fd < low + 8; ++fd) {
+    if (fd == pipe_fds[0] || fd == pipe_fds[1] || fd == devnull || fd == (*requester)->NotifyFd()) continue;
+    if (fcntl(fd, F_GETFD) >= 0) {
+      ADD_FAILURE() << "descriptor " << fd << " is open: one of kaio's in the low numbers";
+      continue;
+    }
+    ASSERT_EQ(dup2(devnull, fd), fd);  // the program reuses the number
+    taken.push_back(fd);
+  }
+  TempFile file(4096, O_DIRECT);
+  AlignedBuffer buf(4096);
+  auto t = (*requester)->Read(file.fd(), buf.data(), 4096, 0);
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE((*requester)->WaitAll({*t}, absl::Seconds(20)).ok());
+  EXPECT_EQ((*requester)->Return(*t), 4096);
+  for (int fd : taken) close(fd);
+  close(devnull);
+  close(pipe_fds[0]);
+  close(pipe_fds[1]);
+}
+
 }  // namespace
 }  // namespace kaio
