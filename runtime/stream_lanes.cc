@@ -397,7 +397,15 @@ StreamLanes::Attempt StreamLanes::TryWithoutBlocking(core::Slot& slot, bool* pos
         *positional = false;
         continue;
       }
-      if (err == EAGAIN) return Attempt::kWouldBlock;
+      if (err == EAGAIN) {
+        // On a descriptor the program made non-blocking, read(2) and write(2) say EAGAIN rather
+        // than wait, and so does glibc's aio_read/aio_write (its helper calls them): the answer.
+        const int flags = fcntl(fd, F_GETFL);
+        if (flags < 0 || !(flags & O_NONBLOCK)) return Attempt::kWouldBlock;
+        *result = slot.partial > 0 ? static_cast<int64_t>(slot.partial) : -EAGAIN;
+        std::atomic_ref<uint64_t>(slot.partial).store(0, std::memory_order_relaxed);
+        return Attempt::kDone;
+      }
       if (err == EOPNOTSUPP && slot.partial == 0) return Attempt::kCannotNowait;
       // As write(2): what was written before the error is the result.
       *result = slot.partial > 0 ? static_cast<int64_t>(slot.partial) : -err;

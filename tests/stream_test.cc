@@ -312,5 +312,19 @@ TEST(StreamOrder, AppendWritesLandInCallOrder) {
   EXPECT_EQ(misplaced, 0u);
 }
 
+// A pipe the program made non-blocking: a read with nothing there answers EAGAIN, as read(2) and
+// glibc's aio_read do, instead of waiting for data.
+TEST(StreamOrder, ANonBlockingPipesEmptyReadIsEagain) {
+  Harness h;
+  Fds p;
+  MakePipe(p);
+  ASSERT_EQ(fcntl(p.a, F_SETFL, fcntl(p.a, F_GETFL) | O_NONBLOCK), 0);
+  char buf[8];
+  ASSERT_TRUE(h.io->Read(p.a, buf, sizeof(buf), 0, 1).ok());
+  std::vector<Completion> done = h.WaitFor(1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].result, -EAGAIN);
+}
+
 }  // namespace
 }  // namespace kaio
