@@ -15,6 +15,19 @@
 // Wait. With ServiceOptions::fallback_threads == 0 there is no RWF_NOWAIT (io_submit itself might
 // block), so inline_io is off.
 //
+// Order: requests on a regular file or block device run in parallel, in any order (two overlapping
+// writes may land either way round: wait for one before you send the other). On a descriptor that
+// cannot seek (pipe, FIFO, socket, tty or other character device) a requester's reads run one at a
+// time in submission order, and so do its writes, so a stream's bytes arrive as sent; the two
+// directions are independent (a socket's write never waits behind its idle read). Writes to an
+// O_APPEND file also land in submission order. Order across requesters is the order the service
+// receives them. A stream read waits for data in no thread at all (readiness, epoll), so idle
+// sockets never hold back file I/O; it completes with what the first read that finds data returns
+// (0 at end of stream), and the offset is ignored. A stream write completes when all of it is
+// written, as write(2) on a blocking descriptor. On a descriptor the program set O_NONBLOCK, an
+// empty read (a full pipe's write) completes with -EAGAIN, as read(2) would. Cancel really cancels
+// a stream request that has moved no data yet, also the one waiting for data.
+//
 // Ownership: buffers and iovec arrays belong to the caller and must stay valid until the request's
 // completion has been consumed. Destroying a Requester waits for its outstanding requests.
 //
