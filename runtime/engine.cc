@@ -240,7 +240,8 @@ void Engine::Enqueue(ProducerToken& token, uint32_t index) {
 void Engine::EnqueueToPool(uint32_t index) {
   core::Slot& slot = slots_.at(index);
   uint64_t word = slot.word.load(std::memory_order_relaxed);
-  const StreamLanes::Order order = IsReadOrWrite(slot.cb.aio_lio_opcode)
+  // A negative offset is the pool's pread's EINVAL; only the lanes would ignore it.
+  const StreamLanes::Order order = IsReadOrWrite(slot.cb.aio_lio_opcode) && slot.cb.u.c.offset >= 0
                                        ? StreamLanes::Classify(slot.cb.aio_fildes, slot.cb.aio_lio_opcode)
                                        : StreamLanes::Order::kFree;
   if (order != StreamLanes::Order::kFree) slot.flags |= core::kSlotStream;
@@ -719,6 +720,13 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     uint64_t word = slot.word.load(std::memory_order_acquire);
     if (WordState(word) == SlotState::kCancelledQueued) {
       Complete(index, SlotState::kCancelledQueued, -ECANCELED);
+      continue;
+    }
+    if (IsReadOrWrite(slot.cb.aio_lio_opcode) && slot.cb.u.c.offset < 0) {
+      // As pread/pwrite (and glibc's aio_read/aio_write, which call them): EINVAL before anything
+      // else is looked at, the fd included, and whatever kind of file it is (the stream lanes
+      // ignore offsets). The C++ API refuses a negative offset at submission already.
+      if (!Complete(index, SlotState::kQueued, -EINVAL)) Complete(index, SlotState::kCancelledQueued, -ECANCELED);
       continue;
     }
     if (IsReadOrWrite(slot.cb.aio_lio_opcode)) {
