@@ -14,10 +14,28 @@
 // Semantics (POSIX.1-2017 and the Linux man pages; where POSIX leaves a choice, kaio's is named here
 // and checked by tests/posix/posix_conformance_test.cc):
 //   - aio_read/aio_write/aio_fsync return 0 once the request is queued; errors found at submission
-//     (aio_reqprio outside [0, AIO_PRIO_DELTA_MAX], an invalid sigevent, EAGAIN when
-//     KAIO_MAX_REQUESTS requests are alive, and for aio_fsync a bad op or an fd not open for
-//     writing) return -1 with errno, and the aiocb then reports the same error. Every other error
-//     (EBADF, EINVAL for a negative offset, EFBIG, EIO...) is the request's asynchronous result.
+//     (aio_reqprio outside [0, AIO_PRIO_DELTA_MAX] for a read or write, SIGEV_THREAD without a
+//     function (glibc crashes), EAGAIN
+//     when KAIO_MAX_REQUESTS requests are alive or when a request that must wait for earlier writes
+//     cannot get kaio's ordering thread, and for aio_fsync a bad op or an fd that is not open)
+//     return -1 with errno, and the aiocb then reports the same error (glibc leaves a refused
+//     aio_fsync's aiocb untouched). Every other error (EBADF, EINVAL for a negative offset, EFBIG,
+//     EIO...) is the request's asynchronous result.
+//   - Order: on a pipe, socket, FIFO or tty, reads run one at a time in call order, and so do
+//     writes (POSIX requires it for writes to a device that cannot seek; glibc runs one request per
+//     fd). Unlike glibc the two directions are independent, and a read waiting for data holds no
+//     thread (readiness, epoll), so idle sockets never hold back file I/O; aio_offset is ignored
+//     there (glibc's ESPIPE fallback to read does the same). O_APPEND writes land in call order.
+//     Requests on a regular file run in parallel: overlapping writes in flight together may land in
+//     either order (POSIX leaves it open; glibc's one-at-a-time per fd keeps call order). A read
+//     waiting on an idle stream is really cancelled by aio_cancel (glibc: AIO_NOTCANCELED).
+//     The differences from glibc 2.36 that are kaio's choice are listed, with the reason, in
+//     tests/posix/posix_diff_allowed.txt; the differential test allows no other.
+//   - Each operation reads only its own fields, as glibc's: aio_fsync only aio_fildes and
+//     aio_sigevent (aio_reqprio is ignored; glibc ignores it too, and POSIX lists no aio_reqprio
+//     error for aio_fsync); aio_read/aio_write never aio_lio_opcode.
+//   - aio_fsync syncs any open fd, read-only ones and directories included (as glibc does, and the
+//     kernel's fsync; POSIX.1-2001's "open for writing" EBADF is gone from POSIX.1-2008).
 //   - Submission on the caller's thread (KAIO_INLINE_SUBMIT, on by default): a thread's aio_read,
 //     aio_write or lio_listio that follows its own aio_error/aio_return/aio_suspend (or is its
 //     first) calls io_submit itself while kaio's submitter thread sleeps and none of the process's
@@ -42,7 +60,9 @@
 //     (AIO_NOTCANCELED). An aiocb whose aio_fildes differs from fd is EINVAL, as in glibc.
 //   - aio_suspend returns 0 at once when no listed request is in progress (including an empty list
 //     or a list of NULLs), EAGAIN on timeout (CLOCK_MONOTONIC), EINTR when a signal handler runs.
-//     It sleeps on a futex (async-signal-safe); pthread cancellation is checked on entry only.
+//     It sleeps on a futex (async-signal-safe), and is a cancellation point, on entry and while it
+//     sleeps (as glibc's). A timeout too long for a 64-bit nanosecond deadline (over 9.2e9 s)
+//     waits "forever" (glibc returns EAGAIN at once for tv_sec = TIME_T_MAX).
 //     One limit, from submission on the calling thread: a signal handler that interrupts this
 //     thread's aio_read/aio_write/lio_listio must not wait there (aio_suspend, LIO_WAIT) for
 //     requests that have not completed yet, since the interrupted call may hold kaio's submit or
@@ -50,14 +70,25 @@
 //     holds the mutex its aio_suspend takes). KAIO_INLINE_SUBMIT=0 lifts it.
 //   - lio_listio sends each request's own sigevent as well as the list's (as glibc >= 2.4 does).
 //     LIO_WAIT answers EIO if any request failed; LIO_NOWAIT answers EAGAIN if a request could not
-//     be queued for lack of resources and EIO if one was rejected (both after queueing the rest).
+//     be queued for lack of resources and EIO if one was rejected (both after queueing the rest;
+//     POSIX allows no other errno once some are queued, where glibc answers a rejected entry's
+//     EINVAL). An entry whose aio_lio_opcode is not LIO_READ/LIO_WRITE/LIO_NOP is accepted and fails
+//     alone with EINVAL, asynchronously, its sigevent sent (as glibc; POSIX names no error for it).
 //   - sigevent: SIGEV_NONE; SIGEV_SIGNAL (si_code SI_ASYNCIO, si_value, si_pid; signal 0 means no
-//     signal, as a zeroed aiocb asks); SIGEV_THREAD (run on kaio's notification threads, which
-//     block asynchronous signals, never on the engine's threads; with sigev_notify_attributes, a
-//     new detached thread with those attributes); SIGEV_THREAD_ID. Anything else is EINVAL.
+//     signal, as a zeroed aiocb asks); SIGEV_THREAD (run on kaio's notification threads, never on
+//     the engine's; with sigev_notify_attributes, a new detached thread with those attributes; the
+//     callback runs with no signal blocked, as glibc's, and the threads block asynchronous signals
+//     while they wait); SIGEV_THREAD_ID. An unknown sigev_notify sends nothing, and SIGEV_SIGNAL
+//     with a number no signal has fails the request with EINVAL after it ran (both as glibc).
+//     aio_return of a failed request returns -1 and leaves errno alone (as glibc). aio_suspend does
+//     not check its timeout (as glibc; POSIX names no EINVAL). A SIGEV_THREAD request whose
+//     callback thread cannot be started (RLIMIT_NPROC, address space) completes with EAGAIN and
+//     its callback does not run (glibc's code means the same, but there the callback is silently
+//     lost and the result kept); a list's callback is dropped, as glibc's.
 //   - fork(): the child starts a new service on its first submission; requests the parent had in
 //     flight are the parent's (in the child their aiocbs answer EINVAL).
 //   - At exit, requests in flight are not waited for (as with glibc); the service is never torn down.
+//     AIO from an atexit handler or a late static or thread_local destructor works.
 #ifndef KAIO_API_POSIX_H_
 #define KAIO_API_POSIX_H_
 

@@ -240,6 +240,8 @@ short IoOpcode(Op op) {
 
 bool IsSync(Op op) { return op == Op::kFsync || op == Op::kFdsync; }
 
+struct DedicatedThread;
+
 struct Notification {
   int notify = SIGEV_NONE;
   int signo = 0;
@@ -247,10 +249,19 @@ struct Notification {
   void (*function)(union sigval) = nullptr;
   pthread_attr_t* attributes = nullptr;
   pid_t tid = 0;
+  // SIGEV_SIGNAL with a number no signal has: glibc accepts the request, its sigqueue then fails,
+  // and the request reports that failure (EINVAL) as its result. So does kaio.
+  bool signal_fails = false;
+  // Set by Notifier::Reserve on a completion's own copy: the thread with `attributes` started for
+  // this callback.
+  DedicatedThread* dedicated = nullptr;
 };
 
-// False for a sigevent kaio refuses (EINVAL). SIGEV_SIGNAL with signal 0 asks for no signal: that
-// is what a zeroed aiocb holds (SIGEV_SIGNAL is 0 on Linux), so it must be accepted.
+// False for a sigevent kaio refuses (EINVAL): SIGEV_THREAD without a function, SIGEV_THREAD_ID
+// (Linux's, which glibc's AIO ignores) without a signal and a thread. Everything else glibc accepts
+// is accepted, notifying what glibc would: SIGEV_SIGNAL with signal 0 (what a zeroed aiocb holds,
+// SIGEV_SIGNAL being 0 on Linux) and unknown sigev_notify values send nothing; a number no signal
+// has fails the request with EINVAL once it has run (see Notification::signal_fails).
 bool ParseSigevent(const struct sigevent& sev, Notification* n) {
   n->notify = sev.sigev_notify;
   n->signo = sev.sigev_signo;
@@ -259,20 +270,25 @@ bool ParseSigevent(const struct sigevent& sev, Notification* n) {
     case SIGEV_NONE:
       return true;
     case SIGEV_SIGNAL:
-      if (sev.sigev_signo == 0) {
+      // Signal 0 asks for none; a number no signal has is accepted and sends nothing, as glibc's
+      // sigqueue fails quietly (its aio_read returns 0): a program cannot tell them apart there.
+      if (sev.sigev_signo <= 0 || sev.sigev_signo >= NSIG) {
         n->notify = SIGEV_NONE;
-        return true;
+        n->signal_fails = sev.sigev_signo != 0;
       }
-      return sev.sigev_signo > 0 && sev.sigev_signo < NSIG;
+      return true;
     case SIGEV_THREAD_ID:
       n->tid = sev._sigev_un._tid;
       return sev.sigev_signo > 0 && sev.sigev_signo < NSIG && n->tid > 0;
     case SIGEV_THREAD:
+      // Refused without a function: glibc would start a thread that calls a null pointer.
       n->function = sev.sigev_notify_function;
       n->attributes = sev.sigev_notify_attributes;
       return n->function != nullptr;
     default:
-      return false;
+      // glibc accepts any other value and notifies nothing; so does kaio.
+      n->notify = SIGEV_NONE;
+      return true;
   }
 }
 
@@ -373,32 +389,66 @@ struct Dep {
 
 // ---------------------------------------------------------------- SIGEV_THREAD
 
-// Runs SIGEV_THREAD callbacks on kaio's notification threads (never on the engine's): one is started
-// whenever a callback is posted and none is idle, so a callback that blocks never holds up another.
-// Idle threads leave after 30 s. With sigev_notify_attributes, a new detached thread with those
-// attributes runs the one callback. All of them block asynchronous signals.
+// Runs fn(value) as glibc runs a SIGEV_THREAD callback: with no signal blocked. kaio's threads
+// otherwise block asynchronous signals (so that process-directed ones reach the program's threads
+// while they wait); the mask is theirs again afterwards, whatever the callback did to it.
+void RunCallback(void (*function)(union sigval), union sigval value) {
+  sigset_t none, kept;
+  sigemptyset(&none);
+  pthread_sigmask(SIG_SETMASK, &none, &kept);
+  function(value);
+  pthread_sigmask(SIG_SETMASK, &kept, nullptr);
+}
+
+// A thread started with a request's sigev_notify_attributes before its result was published; it
+// waits for that one callback, runs it and ends.
+struct DedicatedThread {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool posted = false;
+  void (*function)(union sigval) = nullptr;
+  union sigval value = {};
+};
+
+// Runs SIGEV_THREAD callbacks on kaio's notification threads (never on the engine's). A completion
+// claims a thread for its callback (Reserve) before it publishes its result, and hands the callback
+// over (Post) after: an unclaimed idle thread, or a new one, so a callback that blocks never holds
+// up another. Idle threads leave after 30 s unless claimed. With sigev_notify_attributes, Reserve
+// starts a thread with those attributes (if they are refused, a notification thread serves).
+// When no thread can be started (RLIMIT_NPROC, address space), Reserve fails and the completion
+// reports EAGAIN instead (see State::ClaimNotifyThread); every other request goes on.
 class Notifier {
  public:
   Notifier() = default;
   Notifier(const Notifier&) = delete;
   Notifier& operator=(const Notifier&) = delete;
 
-  void Post(void (*function)(union sigval), union sigval value, pthread_attr_t* attributes) {
-    if (attributes != nullptr && SpawnWithAttributes(function, value, attributes)) return;
-    std::unique_lock<std::mutex> lock(mu_);
-    jobs_.push_back(Job{function, value});
-    if (jobs_.size() <= idle_) {
-      cv_.notify_one();
+  // Claims a thread for the callback of `n` (SIGEV_THREAD). False if none is free and none can be
+  // started. Every true must be followed by one Post(n).
+  bool Reserve(Notification* n) {
+    if (n->attributes != nullptr && (n->dedicated = SpawnWithAttributes(n->attributes)) != nullptr) return true;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (available_ > owed_) {
+      ++owed_;
+      return true;
+    }
+    if (!StartWorkerLocked()) return false;
+    ++owed_;
+    return true;
+  }
+
+  void Post(const Notification& n) {
+    if (DedicatedThread* d = n.dedicated) {
+      std::lock_guard<std::mutex> lock(d->mu);
+      d->function = n.function;
+      d->value = n.value;
+      d->posted = true;
+      d->cv.notify_one();
       return;
     }
-    lock.unlock();
-    BlockAsyncSignals block;
-    try {
-      std::thread([this] { Worker(); }).detach();
-    } catch (const std::system_error& e) {
-      // The callback stays queued for the next thread that frees up.
-      std::fprintf(stderr, "kaio: cannot start a SIGEV_THREAD notification thread: %s\n", e.what());
-    }
+    std::lock_guard<std::mutex> lock(mu_);
+    jobs_.push_back(Job{n.function, n.value});
+    cv_.notify_one();
   }
 
  private:
@@ -406,34 +456,62 @@ class Notifier {
     void (*function)(union sigval);
     union sigval value;
   };
-  struct Trampoline {
+
+  static void ReportNoThread(const char* why) {
+    static std::atomic<bool> reported{false};
+    // relaxed: only decides who prints the one message.
+    if (!reported.exchange(true, std::memory_order_relaxed)) {
+      std::fprintf(stderr,
+                   "kaio: cannot start a SIGEV_THREAD notification thread (%s); such requests report "
+                   "EAGAIN while no thread can be started\n",
+                   why);
+    }
+  }
+
+  static void* RunDedicated(void* arg) {
+    auto* d = static_cast<DedicatedThread*>(arg);
     void (*function)(union sigval);
     union sigval value;
-  };
-
-  static void* RunTrampoline(void* arg) {
-    Trampoline t = *static_cast<Trampoline*>(arg);
-    delete static_cast<Trampoline*>(arg);
-    t.function(t.value);
+    {
+      std::unique_lock<std::mutex> lock(d->mu);
+      d->cv.wait(lock, [d] { return d->posted; });
+      function = d->function;
+      value = d->value;
+    }
+    delete d;
+    RunCallback(function, value);
     return nullptr;
   }
 
-  static bool SpawnWithAttributes(void (*function)(union sigval), union sigval value, pthread_attr_t* attributes) {
-    auto* t = new Trampoline{function, value};
+  static DedicatedThread* SpawnWithAttributes(pthread_attr_t* attributes) {
+    auto* d = new DedicatedThread;
     pthread_t thread;
     int rc;
     {
-      BlockAsyncSignals block;
-      rc = pthread_create(&thread, attributes, RunTrampoline, t);
+      BlockAsyncSignals block;  // while it waits for its callback
+      rc = pthread_create(&thread, attributes, RunDedicated, d);
     }
     if (rc != 0) {
-      delete t;
-      return false;
+      delete d;
+      return nullptr;
     }
     int detach = PTHREAD_CREATE_DETACHED;
     if (pthread_attr_getdetachstate(attributes, &detach) == 0 && detach == PTHREAD_CREATE_JOINABLE) {
       pthread_detach(thread);  // nobody would join it
     }
+    return d;
+  }
+
+  // Under mu_.
+  bool StartWorkerLocked() {
+    BlockAsyncSignals block;
+    try {
+      std::thread([this] { Worker(); }).detach();
+    } catch (const std::system_error& e) {
+      ReportNoThread(e.what());
+      return false;
+    }
+    ++available_;
     return true;
   }
 
@@ -442,24 +520,29 @@ class Notifier {
     std::unique_lock<std::mutex> lock(mu_);
     while (true) {
       if (jobs_.empty()) {
-        ++idle_;
         bool woke = cv_.wait_for(lock, std::chrono::seconds(30), [this] { return !jobs_.empty(); });
-        --idle_;
-        if (!woke) return;
+        if (!woke && available_ > owed_) {  // idle, and no claim counts on this thread
+          --available_;
+          return;
+        }
         continue;
       }
       Job job = jobs_.front();
       jobs_.pop_front();
+      --owed_;
+      --available_;
       lock.unlock();
-      job.function(job.value);
+      RunCallback(job.function, job.value);
       lock.lock();
+      ++available_;
     }
   }
 
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> jobs_;
-  size_t idle_ = 0;
+  size_t available_ = 0;  // notification threads not running a callback
+  size_t owed_ = 0;       // callbacks claimed (Reserve) and not yet taken by a thread
 };
 
 // ---------------------------------------------------------------- buffered writes the kernel refuses
@@ -492,16 +575,30 @@ class State;
 
 std::atomic<State*> g_state{nullptr};
 
-// One producer token per thread for the engine's queue, created on the thread's first submission.
+// One producer token per thread for the engine's queue, created on the thread's first submission
+// and deleted by a TLS destructor (ThreadTokenReaper). The thread may still submit after that: an
+// atexit handler, a static destructor, or a thread_local destroyed later than the reaper. `retired`
+// then sends its requests through State's shared token, never through the freed one. The struct
+// itself is trivially destructible, so it stays valid for the whole life of the thread.
 struct ThreadToken {
-  const State* owner = nullptr;
-  runtime::Engine::ProducerToken* token = nullptr;
-  ~ThreadToken() {
-    // A token of a state left behind by fork() belongs to the parent's queue: leave it.
-    if (token != nullptr && owner == g_state.load(std::memory_order_acquire)) delete token;
+  const State* owner;
+  runtime::Engine::ProducerToken* token;
+  bool retired;
+};
+thread_local ThreadToken t_token = {nullptr, nullptr, false};
+
+struct ThreadTokenReaper {
+  bool armed = false;
+  ~ThreadTokenReaper() {
+    // A token of a state left behind by fork() belongs to the parent's queue: leave it. (acquire:
+    // as every reader of g_state; here the pointer is only compared.)
+    if (t_token.token != nullptr && t_token.owner == g_state.load(std::memory_order_acquire)) delete t_token.token;
+    t_token.token = nullptr;
+    t_token.retired = true;
   }
 };
-thread_local ThreadToken t_token;
+// Its destructor is registered on the thread's first use, i.e. when the token is created.
+thread_local ThreadTokenReaper t_token_reaper;
 
 // The outcome of cancelling one request.
 enum class CancelOutcome { kCanceled, kNotCanceled, kAllDone, kRetry };
@@ -550,7 +647,9 @@ class State {
   int SubmitAiocb(struct aiocb* cb, Op op, LioGroup* group, SubmitRoute route = SubmitRoute::kSingle,
                   bool* flush = nullptr);
   // Submits what this thread queued for inline submission (see KAIO_INLINE_SUBMIT).
-  void FlushInline() { engine_.SubmitInline(Token()); }
+  void FlushInline() {
+    if (runtime::Engine::ProducerToken* token = Token()) engine_.SubmitInline(*token);
+  }
 
   // Claims and fills a slot for `req` (the link starting `done` bytes in), with the slot flags
   // `flags`, and points the aiocb's ticket at it. kNoSlot when max_requests are alive.
@@ -577,12 +676,15 @@ class State {
   // True once the request named by dep holds its final result.
   bool Done(const Dep& dep) const;
 
-  runtime::Engine::ProducerToken& Token() {
+  // This thread's token; nullptr once its TLS destructor ran (see ThreadToken).
+  runtime::Engine::ProducerToken* Token() {
+    if (t_token.retired) return nullptr;
     if (t_token.owner != this) {
+      t_token_reaper.armed = true;
       t_token.token = engine_.NewProducerToken().release();  // a previous owner's token is abandoned
       t_token.owner = this;
     }
-    return *t_token.token;
+    return t_token.token;
   }
 
   PosixStats Stats() const;
@@ -611,6 +713,7 @@ class State {
   CancelOutcome CancelRequest(uint32_t index, uint32_t generation, struct aiocb* cb, uint64_t ticket);
   enum class Settle { kSettled, kMoved };
   Settle WaitSettled(const Record& rec, uint32_t generation, const struct aiocb* cb, uint64_t ticket) const;
+  void ClaimNotifyThread(Notification* n, int64_t* result);
   void AfterCompletion(const Notification& n, LioGroup* group);
   void Notify(const Notification& n);
   void SendSignal(const Notification& n);
@@ -625,6 +728,9 @@ class State {
   Notifier notifier_;
   std::unique_ptr<Orderer> orderer_;
   WriteRefusals write_refusals_;
+  // For threads whose own token is gone (ThreadToken::retired): rare, so one token under a mutex.
+  std::mutex retired_mu_;
+  std::unique_ptr<runtime::Engine::ProducerToken> retired_token_;
 
   struct alignas(64) Counters {
     std::atomic<uint64_t> submitted{0}, ordered{0}, continued{0}, cancelled{0}, signals{0}, threads{0};
@@ -644,9 +750,12 @@ class Orderer {
   Orderer(const Orderer&) = delete;
   Orderer& operator=(const Orderer&) = delete;
 
-  void Submit(const Request& req) {
+  // 0, or EAGAIN when the request would have to wait and the orderer's thread cannot be started
+  // (it is then not held: nobody would release it).
+  int Submit(const Request& req) {
     std::vector<uint32_t> launch;
     std::vector<Request> failed;
+    int error = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       std::vector<Dep> deps;
@@ -656,12 +765,17 @@ class Orderer {
       lane.pending.push_back(Entry{req, std::move(deps)});
       ++pending_;
       ReleaseReady(lane, &launch, &failed);
-      if (pending_ > 0) {
-        StartThreadLocked();
+      if (pending_ > 0 && !StartThreadLocked()) {
+        // Without the thread nothing is ever held, so the one entry still held is this request.
+        lane.pending.pop_back();
+        --pending_;
+        error = EAGAIN;
+      } else if (pending_ > 0) {
         cv_.notify_one();
       }
     }
     Finish(launch, failed);
+    return error;
   }
 
   // Cancels `cb` if it is still held back. False if it is not (released meanwhile, or never held).
@@ -751,11 +865,18 @@ class Orderer {
     }
   }
 
-  void StartThreadLocked() {
-    if (thread_started_) return;
-    thread_started_ = true;
+  // False if the thread is not running and cannot be started now (a later Submit tries again).
+  bool StartThreadLocked() {
+    if (thread_started_) return true;
     BlockAsyncSignals block;
-    std::thread([this] { Loop(); }).detach();
+    try {
+      std::thread([this] { Loop(); }).detach();
+    } catch (const std::system_error& e) {
+      std::fprintf(stderr, "kaio: cannot start the kaio-order thread (%s); the request gets EAGAIN\n", e.what());
+      return false;
+    }
+    thread_started_ = true;
+    return true;
   }
 
   void Loop() {
@@ -811,7 +932,8 @@ State::State(std::unique_ptr<Service> service, const PosixOptions& options)
 int State::SubmitAiocb(struct aiocb* cb, Op op, LioGroup* group, SubmitRoute route, bool* flush) {
   int error = 0;
   Request req;
-  if (cb->aio_reqprio < 0 || cb->aio_reqprio > AIO_PRIO_DELTA_MAX) {
+  // aio_fsync reads only aio_fildes and aio_sigevent (as glibc's, which ignores aio_reqprio there).
+  if (!IsSync(op) && (cb->aio_reqprio < 0 || cb->aio_reqprio > AIO_PRIO_DELTA_MAX)) {
     error = EINVAL;
   } else if (!ParseSigevent(cb->aio_sigevent, &req.notification)) {
     error = EINVAL;
@@ -842,15 +964,24 @@ int State::SubmitAiocb(struct aiocb* cb, Op op, LioGroup* group, SubmitRoute rou
     }
   }
   MarkInProgress(cb);
+  // relaxed: the caller holds the group's own count until the whole list is queued.
   if (group != nullptr) group->pending.fetch_add(1, std::memory_order_relaxed);
-  if (ordered) {
-    counters_.ordered.fetch_add(1, std::memory_order_relaxed);
-    orderer_->Submit(req);  // a refusal there is the request's asynchronous result
-  } else if (int err = SubmitNow(req, route, flush); err != 0) {
-    if (group != nullptr) group->pending.fetch_sub(1, std::memory_order_relaxed);  // never the last
+  if (op == Op::kNone) {
+    // A lio_listio entry whose aio_lio_opcode names no operation: accepted, and failed with EINVAL
+    // as its asynchronous result, notification included (as glibc does). relaxed: a statistic.
+    counters_.submitted.fetch_add(1, std::memory_order_relaxed);
+    Finish(cb, -EINVAL, req.notification, group);
+    return 0;
+  }
+  // A slot or a thread the orderer could not get (EAGAIN) refuses the request here; a refusal
+  // after it was held back is its asynchronous result.
+  if (int err = ordered ? orderer_->Submit(req) : SubmitNow(req, route, flush); err != 0) {
+    // relaxed: as the add above; never the last count.
+    if (group != nullptr) group->pending.fetch_sub(1, std::memory_order_relaxed);
     MarkFailed(cb, err);
     return err;
   }
+  if (ordered) counters_.ordered.fetch_add(1, std::memory_order_relaxed);  // relaxed: statistics
   counters_.submitted.fetch_add(1, std::memory_order_relaxed);
   return 0;
 }
@@ -872,7 +1003,8 @@ int State::SubmitNow(const Request& req, SubmitRoute route, bool* flush) {
       route == SubmitRoute::kList ||
       (route == SubmitRoute::kSingle && TakeLatencyBound() &&
        sink_.accepted.load(std::memory_order_relaxed) == sink_.delivered.load(std::memory_order_relaxed));
-  if (!options_.inline_submit || !go_inline) {
+  runtime::Engine::ProducerToken* token = Token();
+  if (!options_.inline_submit || !go_inline || token == nullptr) {
     Launch(index);
     return 0;
   }
@@ -882,7 +1014,7 @@ int State::SubmitNow(const Request& req, SubmitRoute route, bool* flush) {
   // progress with no further call from the program, so it is flushed now (a list: after its last
   // entry), never left for a later aio_suspend. An awake submitter takes it as usual.
   sink_.accepted.fetch_add(1, std::memory_order_seq_cst);  // before the enqueue, as in Launch
-  if (engine_.EnqueueDeferred(Token(), index)) {
+  if (engine_.EnqueueDeferred(*token, index)) {
     if (route == SubmitRoute::kList) {
       *flush = true;
     } else {
@@ -933,8 +1065,12 @@ void State::Launch(uint32_t index) {
     // A buffered write the kernel would refuse, or the rest of a short result: the pool's work
     // either way, so it skips the submitter's queue and wake-up.
     engine_.EnqueueToPool(index);
+  } else if (runtime::Engine::ProducerToken* token = Token()) {
+    engine_.Enqueue(*token, index);
   } else {
-    engine_.Enqueue(Token(), index);
+    std::lock_guard<std::mutex> lock(retired_mu_);
+    if (retired_token_ == nullptr) retired_token_ = engine_.NewProducerToken();
+    engine_.Enqueue(*retired_token_, index);
   }
 }
 
@@ -998,9 +1134,11 @@ void State::OnDeliver(uint32_t index) {
   Op op = rec.op.load(std::memory_order_relaxed);
   uint64_t done = rec.done.load(std::memory_order_relaxed);
   if (op == Op::kWrite && options_.service.fallback_threads > 0 &&
-      (slot.flags & (core::kSlotForcePool | core::kSlotForceKernel | core::kSlotNowait)) == 0) {
+      (slot.flags & (core::kSlotForcePool | core::kSlotForceKernel | core::kSlotNowait | core::kSlotStream)) == 0) {
     // Offered to the kernel with RWF_NOWAIT (the engine does for every write it may send to the
-    // pool) and refused: the engine cleared kSlotNowait and ran it in the pool.
+    // pool) and refused: the engine cleared kSlotNowait and ran it in the pool. (Not a stream
+    // lane's write, which never saw the kernel: taken for refused, the next writes to the pipe went
+    // straight to the lane from this thread and overtook one still in the submitter's queue.)
     write_refusals_.Refused(rec.fd.load(std::memory_order_relaxed));
   }
   if (result > 0 && MayContinue(rec, op, done, result) && Continue(index, word, rec, done + result)) return;
@@ -1015,6 +1153,8 @@ void State::OnDeliver(uint32_t index) {
   LioGroup* group = rec.group;
   uint32_t root = rec.root;
   uint32_t root_generation = rec.root_generation;
+  ClaimNotifyThread(&n, &final_result);
+  if (n.signal_fails) final_result = -EINVAL;  // glibc's answer (see Notification::signal_fails)
   Publish(cb, final_result);  // from here on the aiocb is the program's again
   if (root != kNoRoot) {
     records_.at(root).state.fetch_or(kFinal, std::memory_order_acq_rel);
@@ -1025,9 +1165,21 @@ void State::OnDeliver(uint32_t index) {
   AfterCompletion(n, group);
 }
 
-void State::Finish(struct aiocb* cb, int64_t result, const Notification& n, LioGroup* group) {
+void State::Finish(struct aiocb* cb, int64_t result, const Notification& notification, LioGroup* group) {
+  Notification n = notification;
+  ClaimNotifyThread(&n, &result);
   Publish(cb, result);
   AfterCompletion(n, group);
+}
+
+// Before a result is published: a SIGEV_THREAD callback needs a thread, claimed while the result
+// can still say that none could be started (EAGAIN; the callback does not run). glibc's code means
+// to do the same, but it tests pthread_create's result for < 0, so there the callback is silently
+// lost and the request keeps its result.
+void State::ClaimNotifyThread(Notification* n, int64_t* result) {
+  if (n->notify != SIGEV_THREAD || notifier_.Reserve(n)) return;
+  *result = -EAGAIN;
+  n->notify = SIGEV_NONE;
 }
 
 void State::AfterCompletion(const Notification& n, LioGroup* group) {
@@ -1040,6 +1192,8 @@ void State::ReleaseGroup(LioGroup* group) {
   if (group->pending.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   Notification list = group->notification;
   delete group;
+  // No aiocb can tell that the list's callback could not run (glibc drops it too).
+  if (list.notify == SIGEV_THREAD && !notifier_.Reserve(&list)) return;
   Notify(list);
 }
 
@@ -1051,7 +1205,7 @@ void State::Notify(const Notification& n) {
       break;
     case SIGEV_THREAD:
       counters_.threads.fetch_add(1, std::memory_order_relaxed);
-      notifier_.Post(n.function, n.value, n.attributes);
+      notifier_.Post(n);
       break;
     default:
       break;
@@ -1139,7 +1293,9 @@ CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct a
     struct aiocb* target = rec->cb.load(std::memory_order_relaxed);
     Notification n = rec->notification;
     LioGroup* group = rec->group;
-    Publish(target, -ECANCELED);
+    int64_t result = -ECANCELED;
+    ClaimNotifyThread(&n, &result);
+    Publish(target, result);
     rec->state.fetch_or(kFinal, std::memory_order_acq_rel);
     uint64_t prev = rec->state.fetch_or(kCancelDone, std::memory_order_acq_rel);
     if (prev & kDelivered) FreeSlot(index, core::PackWord(generation, SlotState::kCompleted));
@@ -1339,10 +1495,6 @@ int Submit(struct aiocb* cb, Op op) {
   return -1;
 }
 
-bool ValidTimeout(const struct timespec* t) {
-  return t == nullptr || (t->tv_sec >= 0 && t->tv_nsec >= 0 && t->tv_nsec < 1000000000);
-}
-
 // Waits until no listed, non-NOP request is in progress. 0, or EINTR.
 int WaitAllListed(struct aiocb* const list[], int nent) {
   while (true) {
@@ -1397,14 +1549,23 @@ extern "C" int kaio_aio_write(struct aiocb* aiocbp) {
 }
 
 extern "C" int kaio_aio_fsync(int op, struct aiocb* aiocbp) {
-  if (aiocbp == nullptr || (op != O_SYNC && op != O_DSYNC)) {
+  if (aiocbp == nullptr) {
     errno = EINVAL;
     return -1;
   }
-  // POSIX: EBADF unless aio_fildes is open for writing (checked now, as glibc does).
-  int flags = fcntl(aiocbp->aio_fildes, F_GETFL);
-  if (flags < 0 || (flags & O_ACCMODE) == O_RDONLY) {
-    errno = EBADF;
+  // Refusals mark the aiocb, as every submission's do (kaio/posix.h); glibc's leave it untouched.
+  int error = 0;
+  if (op != O_SYNC && op != O_DSYNC) {
+    error = EINVAL;
+  } else if (fcntl(aiocbp->aio_fildes, F_GETFL) < 0) {
+    // Only an fd that is not open: a read-only one, a directory's included, is synced (as glibc
+    // and the kernel's IOCB_CMD_FSYNC do; POSIX.1-2008 dropped "open for writing"), which is how a
+    // program makes a rename durable.
+    error = EBADF;
+  }
+  if (error != 0) {
+    kaio::posix::MarkFailed(aiocbp, error);
+    errno = error;
     return -1;
   }
   return kaio::posix::Submit(aiocbp, op == O_SYNC ? Op::kFsync : Op::kFdsync);
@@ -1432,9 +1593,8 @@ extern "C" ssize_t kaio_aio_return(struct aiocb* aiocbp) {
   }
   // Idempotent, as glibc's: a second call returns the same value (POSIX leaves it undefined, and
   // programs that call it twice work on glibc).
-  ssize_t result = __atomic_load_n(&aiocbp->__return_value, __ATOMIC_RELAXED);
-  if (result < 0) errno = error;
-  return result;
+  // errno is left alone, as glibc leaves it: the request's error is aio_error's to tell.
+  return __atomic_load_n(&aiocbp->__return_value, __ATOMIC_RELAXED);
 }
 
 extern "C" int kaio_aio_cancel(int fildes, struct aiocb* aiocbp) {
@@ -1460,13 +1620,23 @@ extern "C" int kaio_aio_cancel(int fildes, struct aiocb* aiocbp) {
 extern "C" int kaio_aio_suspend(const struct aiocb* const list[], int nent, const struct timespec* timeout) {
   kaio::posix::NoteLookedAtResults();
   pthread_testcancel();
-  if (nent < 0 || (list == nullptr && nent > 0) || !kaio::posix::ValidTimeout(timeout)) {
+  if (nent < 0 || (list == nullptr && nent > 0)) {
     errno = EINVAL;
     return -1;
   }
+  // The timeout is not checked (POSIX names no EINVAL for it): as glibc, a finished request answers
+  // 0 whatever it holds, a negative one has already expired (EAGAIN), and a tv_nsec out of range
+  // just adds its nanoseconds.
   int64_t deadline = 0;
   if (timeout != nullptr) {
-    deadline = kaio::posix::MonotonicNs() + int64_t{timeout->tv_sec} * 1000000000 + timeout->tv_nsec;
+    // Saturated: past about 292 years (9.2e9 s) the nanosecond count overflows, and such a timeout
+    // means "never" (glibc 2.36 overflows itself at tv_sec = LONG_MAX and answers EAGAIN at once).
+    int64_t span = 0;
+    if (__builtin_mul_overflow(int64_t{timeout->tv_sec}, int64_t{1000000000}, &span) ||
+        __builtin_add_overflow(span, int64_t{timeout->tv_nsec}, &span) ||
+        __builtin_add_overflow(span, kaio::posix::MonotonicNs(), &deadline)) {
+      deadline = timeout->tv_sec < 0 ? 0 : INT64_MAX;
+    }
   }
   while (true) {
     uint32_t seq = kaio::posix::PrepareToWait();
@@ -1487,7 +1657,14 @@ extern "C" int kaio_aio_suspend(const struct aiocb* const list[], int nent, cons
       left.tv_sec = remaining / 1000000000;
       left.tv_nsec = remaining % 1000000000;
     }
-    if (kaio::posix::SleepOnSequence(seq, timeout != nullptr ? &left : nullptr) == EINTR) {
+    // aio_suspend is a cancellation point: a cancel that arrives while it sleeps ends the thread
+    // there, as glibc's cancellable futex wait does (the same asynchronous-cancel window around one
+    // system call). Nothing needs undoing: a stale sleepers bit only costs a wake-up.
+    int cancel_type = PTHREAD_CANCEL_DEFERRED;
+    pthread_setcanceltype(PTHREAD_CANCEL_ASYNCHRONOUS, &cancel_type);
+    const int slept = kaio::posix::SleepOnSequence(seq, timeout != nullptr ? &left : nullptr);
+    pthread_setcanceltype(cancel_type, nullptr);
+    if (slept == EINTR) {
       errno = EINTR;
       return -1;
     }
@@ -1530,8 +1707,7 @@ extern "C" int kaio_lio_listio(int mode, struct aiocb* const list[], int nent, s
     } else if (cb->aio_lio_opcode == LIO_WRITE) {
       err = s->SubmitAiocb(cb, Op::kWrite, group, route, &flush);
     } else {
-      kaio::posix::MarkFailed(cb, EINVAL);
-      err = EINVAL;
+      err = s->SubmitAiocb(cb, Op::kNone, group, route, &flush);  // fails asynchronously, EINVAL
     }
     if (err == EAGAIN) {
       resources = true;

@@ -52,7 +52,7 @@ absl::StatusOr<PosixOptions> ParseEnvironment(const std::function<const char*(co
   const Var vars[] = {
       {"KAIO_QUEUE_DEPTH", 1, 65536, "the kernel AIO queue depth, io_setup's nr_events", &queue_depth},
       {"KAIO_IDLE_RELEASE_MS", 0, 86400000, "milliseconds without requests before the io context is released", &idle_ms},
-      {"KAIO_POOL_THREADS", 0, 1024, "blocking worker threads for buffered writes, pipes and sockets", &pool},
+      {"KAIO_POOL_THREADS", 0, 1024, "blocking worker threads for buffered writes, cache misses and ttys", &pool},
       {"KAIO_MAX_REQUESTS", 1, 16777216, "requests alive at once; beyond it submissions fail with EAGAIN", &max_requests},
       {"KAIO_SUBMIT_BATCH", 1, 4096, "most iocbs passed to one io_submit", &submit_batch},
       {"KAIO_REAP_BATCH", 1, 4096, "most events taken by one io_getevents", &reap_batch},

@@ -12,6 +12,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -189,6 +191,40 @@ template <typename Pred>
     nanosleep(&ts, nullptr);  // polling a counter with no event, not synchronizing
   }
   return ::testing::AssertionSuccess();
+}
+
+// Waits, up to the deadline, until thread `tid` of this process sleeps in the kernel (state S in
+// /proc: blocked in a wait), or `stop()` holds. /proc has no event to wait on, so this polls.
+template <typename Stop>
+::testing::AssertionResult WaitUntilAsleep(pid_t tid, Stop stop) {
+  const std::string path = "/proc/self/task/" + std::to_string(tid) + "/stat";
+  return WaitUntil(
+      [&] {
+        if (stop()) return true;
+        char stat[512] = {};
+        int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return false;
+        ssize_t n = read(fd, stat, sizeof(stat) - 1);
+        close(fd);
+        // "tid (comm) S ...": the state follows the last ')' (comm may hold one).
+        const char* end = n > 0 ? std::strrchr(stat, ')') : nullptr;
+        return end != nullptr && end[1] == ' ' && end[2] == 'S';
+      },
+      "the thread to block");
+}
+
+// Waits, up to the deadline, for child `pid` to end (a pidfd turns readable), and reaps it; a child
+// still running then is killed and reported. *status is waitpid's.
+inline ::testing::AssertionResult WaitForChild(pid_t pid, int* status) {
+  const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd < 0) return ::testing::AssertionFailure() << "pidfd_open: " << std::strerror(errno);
+  struct pollfd exited = {pidfd, POLLIN, 0};
+  const int ready = poll(&exited, 1, static_cast<int>(std::chrono::milliseconds(kDeadline).count()));
+  close(pidfd);
+  if (ready == 1 && waitpid(pid, status, 0) == pid) return ::testing::AssertionSuccess();
+  kill(pid, SIGKILL);
+  waitpid(pid, status, 0);
+  return ::testing::AssertionFailure() << "child " << pid << " did not finish within the deadline";
 }
 
 // The real-time signals the tests use; every thread blocks them (main() does it before any thread
