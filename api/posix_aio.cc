@@ -1141,7 +1141,12 @@ void State::OnDeliver(uint32_t index) {
     // straight to the lane from this thread and overtook one still in the submitter's queue.)
     write_refusals_.Refused(rec.fd.load(std::memory_order_relaxed));
   }
-  if (result > 0 && MayContinue(rec, op, done, result) && Continue(index, word, rec, done + result)) return;
+  // A stream lane's write is short only where write(2) would be (O_NONBLOCK, an error after some
+  // bytes): its rest sent as a new request would land behind the lane's later writes.
+  if (result > 0 && (slot.flags & core::kSlotStream) == 0 && MayContinue(rec, op, done, result) &&
+      Continue(index, word, rec, done + result)) {
+    return;
+  }
   int64_t final_result = result;
   if (result >= 0) {
     final_result = static_cast<int64_t>(done) + result;
@@ -1168,6 +1173,7 @@ void State::OnDeliver(uint32_t index) {
 void State::Finish(struct aiocb* cb, int64_t result, const Notification& notification, LioGroup* group) {
   Notification n = notification;
   ClaimNotifyThread(&n, &result);
+  if (n.signal_fails) result = -EINVAL;  // glibc's answer (see Notification::signal_fails)
   Publish(cb, result);
   AfterCompletion(n, group);
 }
@@ -1273,6 +1279,9 @@ CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct a
   if (static_cast<uint32_t>(state >> kStateShift) != generation || (state & kFinal)) return CancelOutcome::kRetry;
   // A continuation finishes a request that has already moved data: it cannot be undone.
   if ((state & kChainRoot) || rec->done.load(std::memory_order_relaxed) > 0) return CancelOutcome::kNotCanceled;
+  // Read now, while the record is this request's: a cancelled request whose signal number is bad
+  // reports EINVAL, not ECANCELED (glibc's answer, see Notification::signal_fails).
+  const int cancelled_error = rec->notification.signal_fails ? EINVAL : ECANCELED;
   absl::StatusOr<CancelResult> engine_result = engine_.Cancel(index, generation);
   if (!engine_result.ok()) return CancelOutcome::kRetry;  // stale, or still being launched
   switch (*engine_result) {
@@ -1295,6 +1304,7 @@ CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct a
     LioGroup* group = rec->group;
     int64_t result = -ECANCELED;
     ClaimNotifyThread(&n, &result);
+    if (n.signal_fails) result = -EINVAL;  // glibc's answer (see Notification::signal_fails)
     Publish(target, result);
     rec->state.fetch_or(kFinal, std::memory_order_acq_rel);
     uint64_t prev = rec->state.fetch_or(kCancelDone, std::memory_order_acq_rel);
@@ -1307,7 +1317,7 @@ CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct a
   Settle settle = WaitSettled(*rec, generation, cb, ticket);
   if (cb == nullptr) return settle == Settle::kMoved ? CancelOutcome::kNotCanceled : CancelOutcome::kCanceled;
   if (settle == Settle::kMoved) return CancelOutcome::kRetry;
-  return LoadError(cb) == ECANCELED ? CancelOutcome::kCanceled : CancelOutcome::kAllDone;
+  return LoadError(cb) == cancelled_error ? CancelOutcome::kCanceled : CancelOutcome::kAllDone;
 }
 
 int State::CancelAiocb(struct aiocb* cb) {

@@ -63,6 +63,8 @@ enum SlotFlags : uint32_t {
   kSlotForceKernel = 1u << 2, // known not to block the submitter (O_DIRECT): no RWF_NOWAIT retry
   kSlotUnsignalled = 1u << 3, // in the kernel without IOCB_FLAG_RESFD: its completion wakes nobody
   kSlotStream = 1u << 4,      // in a runtime::StreamLanes lane: run in call order, one at a time
+  kSlotCounted = 1u << 5,     // counted in its fd's order bookkeeping (Engine::DispatchOrder)
+  kSlotOutside = 1u << 6,     // ... on the usual paths (kernel, pool), not in a lane
 };
 
 struct alignas(64) Slot {

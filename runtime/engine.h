@@ -122,6 +122,34 @@ class Engine {
   // Hands a slot in kPoolQueued, marked kSlotStream, to its lane.
   void PushToLane(uint32_t index, StreamLanes::Order order);
 
+  // Call order per fd number (streams and O_APPEND writes; see StreamLanes). Classifying costs a
+  // syscall, so it is done only where order could be lost: when a read or write finds another of
+  // its fd in flight (or on an fd beyond the table). A lone one goes the usual way ("outside"),
+  // and if the kernel then says it would block (a stream), MoveToLane puts it at the head of its
+  // lane; a lane's head waits until its fd has nothing outside in its direction. What was learned
+  // of the fd holds while any of its requests is in flight, and is forgotten when the last one
+  // completes (before its delivery, after which the program may reuse the number).
+  struct FdOrderState {
+    std::atomic<uint32_t> busy{0};        // reads and writes of the fd in flight, lanes included
+    std::atomic<uint32_t> outside[2]{};   // of those, on the usual paths: reads, writes
+    std::atomic<uint8_t> kind{0};         // StreamLanes::Kind learned in this busy period
+    std::atomic<bool> lane_waits{false};  // a lane waits for an `outside` count to reach 0
+  };
+  struct KindCache {  // one look per fd in a batch, for fds beyond the table
+    int fd = -1;
+    StreamLanes::Kind kind = StreamLanes::Kind::kUnknown;
+  };
+  // Counts a read or write about to be dispatched and says where it goes (kFree: the usual way).
+  StreamLanes::Order DispatchOrder(core::Slot& slot, bool lone_may_go, KindCache* cache);
+  // A request outside that the kernel refused or cut short: to its lane if its fd keeps order.
+  bool MoveToLane(uint32_t index, uint64_t word);
+  void LeaveOutside(int fd, short op);
+  // At completion, before delivery.
+  void Uncount(int fd, short op, uint32_t flags);
+  // For StreamLanes: true if a lane of fd in that direction may run its head; if not, it is told
+  // (StreamLanes::Ready) when it may.
+  bool NothingOutside(int fd, bool write);
+
   // Moves a request from `from` to kCompleted with `result` and delivers it. False if it was not in
   // `from` (another thread got there first).
   bool Complete(uint32_t index, core::SlotState from, int64_t result);
@@ -213,6 +241,7 @@ class Engine {
   static constexpr int kFdUntracked = -1;  // FdKindOf: never learned, always signalled
   static constexpr int kFdKinds = 65536;  // fds beyond always get the eventfd flag
   std::unique_ptr<std::atomic<uint8_t>[]> fd_kind_;
+  std::unique_ptr<FdOrderState[]> fd_order_;  // kFdKinds entries
   alignas(64) std::atomic<int64_t> unsignalled_{0};  // requests in the kernel without the flag
   std::atomic<bool> reaper_watching_{false};         // the reaper is in WatchUnsignalled
   std::atomic<bool> reaping_{false};   // the reaper may be inside io_getevents

@@ -30,16 +30,28 @@ bool IsVectoredOp(short opcode) { return opcode == IO_CMD_PREADV || opcode == IO
 
 }  // namespace
 
-StreamLanes::Order StreamLanes::Classify(int fd, short opcode) {
-  struct stat st;
-  if (fstat(fd, &st) != 0) return Order::kFree;
-  if (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) return Order::kStream;
-  if (S_ISCHR(st.st_mode)) return Order::kCharDevice;
-  if (opcode == IO_CMD_PWRITE || opcode == IO_CMD_PWRITEV) {
-    const int flags = fcntl(fd, F_GETFL);
-    if (flags >= 0 && (flags & O_APPEND)) return Order::kAppendPool;
+StreamLanes::Kind StreamLanes::Classify(int fd) {
+  // statx for the type alone, AT_STATX_DONT_SYNC: no attribute refresh (an NFS getattr, a FUSE
+  // round trip) on the submitting thread.
+  struct statx stx;
+  if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE, &stx) != 0) return Kind::kFile;
+  if (S_ISFIFO(stx.stx_mode) || S_ISSOCK(stx.stx_mode)) return Kind::kStream;
+  if (S_ISCHR(stx.stx_mode)) return Kind::kCharDevice;
+  const int flags = fcntl(fd, F_GETFL);
+  return flags >= 0 && (flags & O_APPEND) ? Kind::kAppendFile : Kind::kFile;
+}
+
+StreamLanes::Order StreamLanes::OrderFor(Kind kind, short opcode) {
+  switch (kind) {
+    case Kind::kStream:
+      return Order::kStream;
+    case Kind::kCharDevice:
+      return Order::kCharDevice;
+    case Kind::kAppendFile:
+      return DirectionOf(opcode) == kWrite ? Order::kAppendPool : Order::kFree;
+    default:
+      return Order::kFree;
   }
-  return Order::kFree;
 }
 
 StreamLanes::StreamLanes(Engine& engine) : engine_(engine), slots_(engine.slots()) {}
@@ -64,34 +76,43 @@ StreamLanes::Direction StreamLanes::DirectionOf(short opcode) {
   return opcode == IO_CMD_PWRITE || opcode == IO_CMD_PWRITEV ? kWrite : kRead;
 }
 
-bool StreamLanes::Push(uint32_t index, Order order) {
+bool StreamLanes::Push(uint32_t index, Order order, bool front) {
   core::Slot& slot = slots_.at(index);
   const int fd = slot.cb.aio_fildes;
   const Direction dir = DirectionOf(slot.cb.aio_lio_opcode);
   bool to_pool = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    // The O_APPEND lanes never need the thread: their heads go from here, or from the pool
-    // worker that finished the previous one, straight to the pool.
-    if (order != Order::kAppendPool && !EnsureThreadLocked()) return false;
+    // An O_APPEND lane's heads go from here, or from the pool worker that finished the previous
+    // one, straight to the pool; the thread is needed when one must wait (Ready) or is cancelled.
+    const bool head_now = order == Order::kAppendPool && engine_.NothingOutside(fd, dir == kWrite);
+    if (!head_now && !EnsureThreadLocked()) return false;
     Lane& lane = streams_[fd].lanes[dir];
     if (lane.requests.empty()) {
       lane.pool_only = order == Order::kAppendPool;
-      lane.positional = order == Order::kCharDevice;
     }
-    lane.requests.push_back(index);
-    if (lane.requests.size() == 1) {
-      if (lane.pool_only) {
-        lane.in_pool = true;
-        to_pool = true;
-      } else {
-        ready_.push_back(fd);
-        WakeLocked();
-      }
+    if (front) {
+      lane.requests.push_front(index);
+    } else {
+      lane.requests.push_back(index);
+    }
+    if (lane.requests.size() == 1 && head_now) {
+      lane.in_pool = true;
+      to_pool = true;
+    } else if (lane.requests.size() == 1 || front) {
+      ready_.push_back(fd);
+      WakeLocked();
     }
   }
   if (to_pool) engine_.PoolPush(index);
   return true;
+}
+
+void StreamLanes::Ready(int fd) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!thread_.joinable() || streams_.find(fd) == streams_.end()) return;
+  ready_.push_back(fd);
+  WakeLocked();
 }
 
 void StreamLanes::OnPoolDone(int fd, short opcode) {
@@ -106,7 +127,7 @@ void StreamLanes::OnPoolDone(int fd, short opcode) {
     lane.in_pool = false;
     if (lane.requests.empty()) {
       EraseIfIdleLocked(fd);
-    } else if (lane.pool_only) {
+    } else if (lane.pool_only && engine_.NothingOutside(fd, DirectionOf(opcode) == kWrite)) {
       lane.in_pool = true;
       next = lane.requests.front();
     } else {
@@ -212,6 +233,9 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
     if (it == streams_.end()) break;
     Lane& lane = it->second.lanes[dir];
     if (lane.requests.empty() || lane.in_pool || lane.waiting) break;
+    // The one request of this fd that went the usual way (before anyone knew it was a stream)
+    // runs first; Engine tells us (Ready) when it is done.
+    if (!engine_.NothingOutside(fd, dir == kWrite)) break;
     const uint32_t index = lane.requests.front();
     core::Slot& slot = slots_.at(index);
     // acquire: pairs with the producer's release into kPoolQueued (or a canceller's CAS).
@@ -228,19 +252,40 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
       SendHeadToPoolLocked(lane, &to_pool);
       break;
     }
-    // acq_rel: from here the head is ours (Cancel waits for the attempt's outcome).
-    if (WordState(word) != SlotState::kPoolQueued ||
+    // acq_rel: from here the head is ours (Cancel waits for the attempt's outcome). A head that
+    // has moved data waits in kPoolRunning (see below), where Cancel cannot take it.
+    if ((WordState(word) != SlotState::kPoolQueued && WordState(word) != SlotState::kPoolRunning) ||
         !slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kStreamTrying),
                                            std::memory_order_acq_rel, std::memory_order_acquire)) {
       continue;  // cancelled just now: the next round sees kCancelledQueued
     }
-    bool positional = lane.positional;
+    // Every request tries its offset first (ESPIPE: a pipe or socket, which has none): what a lane
+    // learned of a number must not decide how a later file on it is read, should the program
+    // close and reuse it while a cancelled request of the old one still sits in the lane.
+    bool positional = true;
     int64_t result = 0;
     lock.unlock();  // the I/O itself runs unlocked: Push never waits for a copy of our data
-    const Attempt attempt = TryWithoutBlocking(slot, &positional, &result);
+    Attempt attempt = TryWithoutBlocking(slot, &positional, &result);
     lock.lock();
     Lane& same = streams_[fd].lanes[dir];  // only this thread erases streams: still there
-    same.positional = positional;
+    bool to_pool_now = attempt == Attempt::kCannotNowait;
+    if (attempt == Attempt::kWouldBlock) {
+      same.waiting = true;
+      // EPERM (cannot be polled), ENOSPC (max_user_watches), ENOMEM: the pool's blocking call is
+      // the only way left.
+      if (!ArmLocked(fd, streams_[fd])) {
+        same.waiting = false;
+        to_pool_now = true;
+      }
+    }
+    if (to_pool_now && slot.partial > 0) {
+      // Part written, and no way to wait for room without a thread: the short count is the
+      // result, as write(2)'s when it stops (handed to the pool, a Cancel that read `partial`
+      // before this attempt could win against data already moved).
+      result = static_cast<int64_t>(slot.partial);
+      std::atomic_ref<uint64_t>(slot.partial).store(0, std::memory_order_relaxed);
+      attempt = Attempt::kDone;
+    }
     if (attempt == Attempt::kDone) {
       same.requests.pop_front();
       EraseIfIdleLocked(fd);  // before the completion hands the fd back to the program
@@ -249,27 +294,20 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
       lock.lock();
       continue;
     }
-    // Not finished: back to kPoolQueued (only this thread moves a kStreamTrying slot; release:
-    // whoever takes it next sees what this attempt wrote, slot.partial included).
-    slot.word.store(core::PackWord(WordGeneration(word), SlotState::kPoolQueued), std::memory_order_release);
-    if (attempt == Attempt::kCannotNowait) {
+    if (to_pool_now) {
       same.pool_only = true;
+      // release: the worker that acquires kPoolQueued sees the iocb (nothing moved: cancellable).
+      slot.word.store(core::PackWord(WordGeneration(word), SlotState::kPoolQueued), std::memory_order_release);
       SendHeadToPoolLocked(same, &to_pool);
       break;
     }
-    same.waiting = true;
-    if (!ArmLocked(fd, streams_[fd])) {
-      // Not pollable (epoll says EPERM): the pool's blocking call is the only way. The pool
-      // resumes a plain request from its iocb, a vectored one `partial` bytes into its iovecs.
-      same.waiting = false;
-      same.pool_only = true;
-      if (slot.partial > 0 && !IsVectoredOp(slot.cb.aio_lio_opcode)) {
-        slot.cb.u.c.buf = static_cast<char*>(slot.cb.u.c.buf) + slot.partial;
-        slot.cb.u.c.nbytes -= slot.partial;
-        slot.cb.u.c.offset += static_cast<long long>(slot.partial);
-      }
-      SendHeadToPoolLocked(same, &to_pool);
-    }
+    // Not finished: back to waiting (only this thread moves a kStreamTrying slot; release: whoever
+    // takes it next sees what this attempt wrote, slot.partial included). With data moved it can
+    // no longer be cancelled: kPoolRunning, not kPoolQueued, or a Cancel that read `partial` before
+    // this attempt would find the very word it expects and win its CAS.
+    const SlotState waits = slot.partial > 0 ? SlotState::kPoolRunning : SlotState::kPoolQueued;
+    slot.word.store(core::PackWord(WordGeneration(word), waits), std::memory_order_release);
+    if (attempt == Attempt::kYield) ready_.push_back(fd);  // other streams get a turn, then it goes on
     break;
   }
   if (!to_pool.empty()) {
@@ -288,7 +326,11 @@ bool StreamLanes::ArmLocked(int fd, Stream& stream) {
   uint32_t want = 0;
   if (stream.lanes[kRead].waiting) want |= EPOLLIN;
   if (stream.lanes[kWrite].waiting) want |= EPOLLOUT;
-  if (want == 0 || want == stream.armed) return true;
+  // Never "already armed": the program may have closed the number and opened another file on it
+  // while a cancelled request still held the lane, and epoll dropped the old file's registration
+  // with it (a read then waited for ever: the differential test, seed 367594895). MOD, or ADD when
+  // the kernel says the registration is gone.
+  if (want == 0) return true;
   struct epoll_event ev = {};
   ev.events = want | EPOLLONESHOT;
   ev.data.u64 = static_cast<uint64_t>(static_cast<uint32_t>(fd));
@@ -301,13 +343,13 @@ bool StreamLanes::ArmLocked(int fd, Stream& stream) {
     rc = epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);  // another file on this number, dup'ed
   }
   if (rc != 0) {
-    if (errno != EPERM) {
-      // EBADF (closed under us) and the like: the next attempt reports the error to the request.
+    if (errno == EBADF) {
+      // Closed under us: the next attempt reports the error to the request.
       ready_.push_back(fd);
       for (Lane& lane : stream.lanes) lane.waiting = false;
       return true;
     }
-    return false;
+    return false;  // EPERM (cannot be polled), ENOSPC (max_user_watches), ENOMEM: the pool's way
   }
   stream.registered = true;
   stream.armed = want;
@@ -367,6 +409,10 @@ StreamLanes::Attempt StreamLanes::TryWithoutBlocking(core::Slot& slot, bool* pos
   const int fd = cb.aio_fildes;
   const bool write = DirectionOf(cb.aio_lio_opcode) == kWrite;
   const bool vectored = IsVectoredOp(cb.aio_lio_opcode);
+  // One attempt moves at most this much before the other streams get a turn (a 100 MB write to a
+  // fast socket would otherwise hold the lanes' thread, and every other stream, for a long time).
+  constexpr uint64_t kYieldAfter = 1 << 20;
+  const uint64_t partial_at_start = slot.partial;
   while (true) {
     // What is left: a write resumes `partial` bytes in.
     uint64_t skip = slot.partial;
@@ -425,6 +471,7 @@ StreamLanes::Attempt StreamLanes::TryWithoutBlocking(core::Slot& slot, bool* pos
     } else {
       total = cb.u.c.nbytes;
     }
+    if (slot.partial < total && n > 0 && slot.partial - partial_at_start >= kYieldAfter) return Attempt::kYield;
     if (slot.partial >= total || n == 0) {
       *result = static_cast<int64_t>(slot.partial);
       std::atomic_ref<uint64_t>(slot.partial).store(0, std::memory_order_relaxed);  // the result carries it

@@ -55,9 +55,12 @@ class StreamLanes {
     kCharDevice,  // a tty or other character device: the same, trying its offset first
     kAppendPool,  // an O_APPEND write: a lane, run in the blocking pool
   };
-  // Looks at the descriptor (fstat, and fcntl for a write to a regular file). An fd fstat refuses
-  // is kFree: the kernel gives the request its error (EBADF) the usual way.
-  static Order Classify(int fd, short opcode);
+  // What a descriptor is, as far as order goes.
+  enum class Kind : uint8_t { kUnknown = 0, kFile, kAppendFile, kStream, kCharDevice };
+  // Looks at the descriptor (statx, and F_GETFL for a regular file). An fd statx refuses is kFile:
+  // the kernel gives the request its error (EBADF) the usual way.
+  static Kind Classify(int fd);
+  static Order OrderFor(Kind kind, short opcode);
 
   explicit StreamLanes(Engine& engine);
   ~StreamLanes();  // stops the lanes' thread; the lanes must be empty
@@ -65,9 +68,13 @@ class StreamLanes {
   StreamLanes& operator=(const StreamLanes&) = delete;
 
   // Takes a read or write whose slot the caller moved to kPoolQueued (release) and marked
-  // kSlotStream. False if the lanes' thread cannot be created (the caller completes the request
-  // with EAGAIN, as glibc does when it cannot start a helper thread).
-  bool Push(uint32_t index, Order order);
+  // kSlotStream, at the lane's tail, or with `front` at its head (the one request of the fd that
+  // went the usual way and turned out to need its lane: it is older than everything there). False
+  // if the lanes' thread cannot be created (the caller completes the request with EAGAIN, as glibc
+  // does when it cannot start a helper thread).
+  bool Push(uint32_t index, Order order, bool front = false);
+  // The fd's requests outside the lanes (Engine::NothingOutside) are all done: its lanes may run.
+  void Ready(int fd);
   // The pool finished (or cancelled) a lane's head: the lane's next request may run.
   void OnPoolDone(int fd, short opcode);
   // A request in a lane was cancelled: complete it now, not when its turn comes.
@@ -82,14 +89,13 @@ class StreamLanes {
     bool pool_only = false;         // O_APPEND, or RWF_NOWAIT refused: heads run in the pool
     bool in_pool = false;           // the head is the pool's until OnPoolDone
     bool waiting = false;           // the head waits for readiness
-    bool positional = true;         // try the request's offset first (a seekable char device)
   };
   struct Stream {
     Lane lanes[2];
     uint32_t armed = 0;  // epoll events the registration waits for now (0: disarmed)
     bool registered = false;
   };
-  enum class Attempt { kDone, kWouldBlock, kCannotNowait };
+  enum class Attempt { kDone, kWouldBlock, kCannotNowait, kYield };
 
   static Direction DirectionOf(short opcode);
   bool EnsureThreadLocked();

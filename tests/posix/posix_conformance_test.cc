@@ -1527,8 +1527,9 @@ TEST(KaioThreads, NoThreadForTheOrdererIsEAGAIN) {
     std::string data(kSize, 'o');
     struct aiocb write = MakeCb(p.write_end(), data.data(), data.size(), 0);
     if (kaio_aio_write(&write) != 0) return 2;
-    // Its start is in the pipe, the rest waits in the engine (whose threads for it run already).
+    // Its start is in the pipe, the rest waits in its stream lane (whose thread runs already).
     if (!p.WaitReadable()) return 3;
+    if (!WaitUntil([] { return Stats().service.stream_requests >= 1; }, "the write to reach its lane")) return 7;
     if (!MakeThreadsImpossible()) return 99;
     struct aiocb sync = MakeCb(p.write_end(), nullptr, 0, 0);
     errno = 0;
