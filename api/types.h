@@ -63,8 +63,10 @@ struct ServiceOptions {
   // Most requests alive at once (submitted and not yet consumed). Slots are allocated in chunks of
   // 1024 as needed, never per request; past this (exactly), submission answers RESOURCE_EXHAUSTED.
   int max_requests = 1 << 20;
-  // Blocking workers for what kernel AIO would run synchronously (buffered misses, pipes, sockets).
-  // Started lazily; 0 means such requests block the submitter instead (not recommended).
+  // Blocking workers for what kernel AIO would run synchronously (buffered misses, ttys, O_APPEND
+  // writes). Started lazily; 0 means such requests block the submitter instead (not recommended),
+  // except ttys and O_APPEND writes, which still start one worker. Pipes and sockets never need one:
+  // they wait for readiness in the stream lanes.
   int fallback_threads = 4;
   // Names and CPUs (-1: no pinning) for the service's own threads.
   std::string submitter_thread_name = "kaio-submit";

@@ -14,6 +14,10 @@
 // Complete() is the single place a request reaches kCompleted (one CAS, so exactly once), from
 // whichever thread finished it.
 //
+// Call order: reads and writes on streams (pipes, sockets, ttys) and writes to O_APPEND files run
+// one at a time per fd and direction, in the stream lanes (runtime/stream_lanes.h); DispatchOrder
+// decides, per request, with a look at the fd only when another request of it is in flight.
+//
 // Lifetime: every sink registered must be unregistered, with nothing outstanding, before the engine
 // is destroyed; the destructor stops and joins the threads and releases the io context.
 #ifndef KAIO_RUNTIME_ENGINE_H_
@@ -82,7 +86,9 @@ class Engine {
   void Enqueue(ProducerToken& token, uint32_t index);
   // Hands a claimed, filled slot straight to the blocking pool, for a request the caller knows is
   // bound there (a buffered write to an fd whose RWF_NOWAIT writes the kernel refuses): no submitter
-  // hop. Takes the pool's mutex and may start a worker. Counted in sink.accepted first, as for Enqueue.
+  // hop. Takes the pool's mutex and may start a worker; a write that must keep its call order (an
+  // fd of a stream or an O_APPEND file, with another of its requests in flight) goes to its lane
+  // instead. Counted in sink.accepted first, as for Enqueue.
   void EnqueueToPool(uint32_t index);
 
   // Inline I/O (RequesterOptions::inline_io). EnqueueDeferred queues like Enqueue but never wakes
