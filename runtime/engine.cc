@@ -247,9 +247,11 @@ void Engine::Enqueue(ProducerToken& token, uint32_t index) {
 void Engine::EnqueueToPool(uint32_t index) {
   core::Slot& slot = slots_.at(index);
   uint64_t word = slot.word.load(std::memory_order_relaxed);
-  // A negative offset is the pool's pread's EINVAL; only the lanes would ignore it.
+  // A negative offset is the pool's pread's EINVAL; only the lanes would ignore it. No lone request
+  // skips the look here: this runs outside the submit role, concurrently with other dispatches of
+  // the fd, and what the pool runs it cannot take back to a lane.
   const StreamLanes::Order order = IsReadOrWrite(slot.cb.aio_lio_opcode) && slot.cb.u.c.offset >= 0
-                                       ? DispatchOrder(slot, kLoneRequestsSkipTheLook, nullptr)
+                                       ? DispatchOrder(slot, /*lone_may_go=*/false, nullptr)
                                        : StreamLanes::Order::kFree;
   if (order != StreamLanes::Order::kFree) slot.flags |= core::kSlotStream;
   // release: the worker, lane (or a canceller) that acquires kPoolQueued sees the filled iocb.
@@ -355,6 +357,14 @@ bool Engine::MoveToLane(uint32_t index, uint64_t word) {
   }
   const StreamLanes::Order order = StreamLanes::OrderFor(kind, op);
   if (order == StreamLanes::Order::kFree) return false;
+  if (order == StreamLanes::Order::kAppendPool && slot.partial > 0 && !IsVectored(op)) {
+    // Its head runs in the pool, whose blocking call resumes a plain request from its iocb (a
+    // vectored one skips `partial` bytes of its iovecs): advance it past what the kernel wrote, or
+    // those bytes would be appended twice.
+    slot.cb.u.c.buf = static_cast<char*>(slot.cb.u.c.buf) + slot.partial;
+    slot.cb.u.c.nbytes -= slot.partial;
+    slot.cb.u.c.offset += static_cast<long long>(slot.partial);
+  }
   const uint32_t flags = slot.flags;
   slot.flags = (flags & ~core::kSlotOutside) | core::kSlotStream;
   // acq_rel: the lane that acquires kPoolQueued sees the iocb and flags.
@@ -635,15 +645,22 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
         // A lone read or write the kernel refused at once (RWF_NOWAIT on an idle stream: EAGAIN) is
         // in the ring already, or is about to be: route it, and it goes to its lane, where it can be
         // cancelled. Only a request really running on a device is "not cancelled" after this.
-        if (!rerouted) {
+        if (!rerouted && FdKindOf(slot.cb.aio_fildes) != kFdAsync) {  // a device fd's request stays
           rerouted = true;
-          for (int tries = 0; tries < 100; ++tries) {  // a device request stays: at most 100 yields
+          // The caller's signals are blocked meanwhile: reaping delivers completions, and a
+          // handler that waited for one on this thread (aio_suspend) would wait for ever.
+          sigset_t all_signals, caller_mask;
+          sigfillset(&all_signals);
+          pthread_sigmask(SIG_BLOCK, &all_signals, &caller_mask);
+          for (int tries = 0; tries < 100; ++tries) {
             ReapInline();
             word = slot.word.load(std::memory_order_acquire);
             if (WordGeneration(word) != generation || WordState(word) != SlotState::kInKernel) break;
             sched_yield();
           }
-          if (WordGeneration(word) != generation || WordState(word) != SlotState::kInKernel) continue;
+          pthread_sigmask(SIG_SETMASK, &caller_mask, nullptr);
+          if (WordGeneration(word) != generation) return CancelResult::kAllDone;  // done and freed meanwhile
+          if (WordState(word) != SlotState::kInKernel) continue;
         }
         // Regular files: io_cancel says EINVAL; the request runs to its real result.
         return CancelResult::kNotCanceled;

@@ -130,7 +130,7 @@ void StreamLanes::OnPoolDone(int fd, short opcode) {
     } else if (lane.pool_only && engine_.NothingOutside(fd, DirectionOf(opcode) == kWrite)) {
       lane.in_pool = true;
       next = lane.requests.front();
-    } else {
+    } else if (EnsureThreadLocked()) {  // an O_APPEND lane that must wait needs the thread too
       ready_.push_back(fd);
       WakeLocked();
     }
@@ -178,7 +178,7 @@ bool StreamLanes::EnsureThreadLocked() {
 }
 
 void StreamLanes::WakeLocked() {
-  if (woken_) return;  // one write per look: the thread reads ready_ and sweep_ under the lock
+  if (woken_ || wake_fd_ < 0) return;  // one write per look: the thread reads ready_ and sweep_ under the lock
   woken_ = true;
   uint64_t one = 1;
   ssize_t rc = write(wake_fd_, &one, sizeof(one));
