@@ -1279,9 +1279,6 @@ CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct a
   if (static_cast<uint32_t>(state >> kStateShift) != generation || (state & kFinal)) return CancelOutcome::kRetry;
   // A continuation finishes a request that has already moved data: it cannot be undone.
   if ((state & kChainRoot) || rec->done.load(std::memory_order_relaxed) > 0) return CancelOutcome::kNotCanceled;
-  // Read now, while the record is this request's: a cancelled request whose signal number is bad
-  // reports EINVAL, not ECANCELED (glibc's answer, see Notification::signal_fails).
-  const int cancelled_error = rec->notification.signal_fails ? EINVAL : ECANCELED;
   absl::StatusOr<CancelResult> engine_result = engine_.Cancel(index, generation);
   if (!engine_result.ok()) return CancelOutcome::kRetry;  // stale, or still being launched
   switch (*engine_result) {
@@ -1317,7 +1314,10 @@ CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct a
   Settle settle = WaitSettled(*rec, generation, cb, ticket);
   if (cb == nullptr) return settle == Settle::kMoved ? CancelOutcome::kNotCanceled : CancelOutcome::kCanceled;
   if (settle == Settle::kMoved) return CancelOutcome::kRetry;
-  return LoadError(cb) == cancelled_error ? CancelOutcome::kCanceled : CancelOutcome::kAllDone;
+  // A cancelled request reports ECANCELED, or EINVAL when its signal number is bad (glibc's answer,
+  // see Notification::signal_fails; the record may be another request's by now, so not read).
+  const int error = LoadError(cb);
+  return error == ECANCELED || error == EINVAL ? CancelOutcome::kCanceled : CancelOutcome::kAllDone;
 }
 
 int State::CancelAiocb(struct aiocb* cb) {
