@@ -274,7 +274,7 @@ StreamLanes::Order Engine::DispatchOrder(core::Slot& slot, bool lone_may_go, Kin
   const int fd = slot.cb.aio_fildes;
   const short op = slot.cb.aio_lio_opcode;
   auto classify = [&] {
-    if (cache != nullptr && cache->fd == fd) return cache->kind;
+    if (cache != nullptr && cache->fd == fd && cache->kind != StreamLanes::Kind::kUnknown) return cache->kind;
     const StreamLanes::Kind kind = StreamLanes::Classify(fd);
     if (cache != nullptr) *cache = KindCache{fd, kind};
     return kind;
@@ -295,13 +295,11 @@ StreamLanes::Order Engine::DispatchOrder(core::Slot& slot, bool lone_may_go, Kin
     slot.flags |= core::kSlotOutside;
     return StreamLanes::Order::kFree;
   }
-  // acquire: pairs with the release below of whoever classified the fd in this busy period.
-  auto kind = static_cast<StreamLanes::Kind>(state.kind.load(std::memory_order_acquire));
-  if (kind == StreamLanes::Kind::kUnknown) {
-    kind = classify();
-    state.kind.store(static_cast<uint8_t>(kind), std::memory_order_release);
-  }
-  const StreamLanes::Order order = StreamLanes::OrderFor(kind, op);
+  // Looked at once per batch, never remembered across batches: a cancelled request keeps its fd's
+  // count until its holder completes it, while the program, told it is cancelled, may already have
+  // closed the number and opened another kind of file on it (a directory's read then went to a
+  // stream lane and answered 0, not EISDIR: the differential test, seed 16015467).
+  const StreamLanes::Order order = StreamLanes::OrderFor(classify(), op);
   if (order == StreamLanes::Order::kFree) {
     state.outside[dir].fetch_add(1, std::memory_order_seq_cst);  // seq_cst: as above
     slot.flags |= core::kSlotOutside;
@@ -348,14 +346,7 @@ bool Engine::MoveToLane(uint32_t index, uint64_t word) {
   if (!(slot.flags & core::kSlotOutside)) return false;
   const int fd = slot.cb.aio_fildes;
   const short op = slot.cb.aio_lio_opcode;
-  FdOrderState& state = fd_order_[fd];  // kSlotOutside: a tracked fd
-  // This request holds a count of the busy period, so what is learned here holds for it.
-  auto kind = static_cast<StreamLanes::Kind>(state.kind.load(std::memory_order_acquire));
-  if (kind == StreamLanes::Kind::kUnknown) {
-    kind = StreamLanes::Classify(fd);
-    state.kind.store(static_cast<uint8_t>(kind), std::memory_order_release);
-  }
-  const StreamLanes::Order order = StreamLanes::OrderFor(kind, op);
+  const StreamLanes::Order order = StreamLanes::OrderFor(StreamLanes::Classify(fd), op);
   if (order == StreamLanes::Order::kFree) return false;
   if (order == StreamLanes::Order::kAppendPool && slot.partial > 0 && !IsVectored(op)) {
     // Its head runs in the pool, whose blocking call resumes a plain request from its iocb (a
