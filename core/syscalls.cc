@@ -80,14 +80,23 @@ Syscalls& Syscalls::Real() {
   return real;
 }
 
+namespace {
+
+// Where kaio's own descriptors go: 960 is the top 64 of the usual soft limit of 1024, far from where
+// programs dup2, and a higher floor under a large limit (containers set 1M) would only grow the
+// process's fd table.
+int HiddenFdFloor() {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
+  const rlim_t soft = limit.rlim_cur == RLIM_INFINITY ? rlim_t{1} << 20 : limit.rlim_cur;
+  return static_cast<int>(std::min<rlim_t>(960, soft * 3 / 4));
+}
+
+}  // namespace
+
 int MoveOutOfTheWay(int fd) {
   if (fd < 0) return fd;
-  struct rlimit limit;
-  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return fd;
-  // 960 is the top 64 of the usual soft limit of 1024: far from where programs dup2, and a higher
-  // floor under a large limit (containers set 1M) would only grow the process's fd table.
-  const rlim_t soft = limit.rlim_cur == RLIM_INFINITY ? rlim_t{1} << 20 : limit.rlim_cur;
-  const int floor = static_cast<int>(std::min<rlim_t>(960, soft * 3 / 4));
+  const int floor = HiddenFdFloor();
   if (fd >= floor) return fd;
   const int saved = errno;
   const int moved = fcntl(fd, F_DUPFD_CLOEXEC, floor);
@@ -95,6 +104,12 @@ int MoveOutOfTheWay(int fd) {
   if (moved < 0) return fd;  // EINVAL or EMFILE: nothing free up there, keep the low one
   close(fd);
   return moved;
+}
+
+int DupOutOfTheWay(int fd) {
+  const int high = fcntl(fd, F_DUPFD_CLOEXEC, HiddenFdFloor());
+  if (high >= 0 || errno != EINVAL) return high;  // EBADF: closed; EMFILE: the table is full
+  return fcntl(fd, F_DUPFD_CLOEXEC, 0);           // EINVAL: the floor is past the limit
 }
 
 }  // namespace kaio::core

@@ -41,6 +41,12 @@ class Syscalls {
 // limit), with `fd` closed; or `fd` itself when no such number is free. Keeps O_CLOEXEC.
 int MoveOutOfTheWay(int fd);
 
+// A close-on-exec duplicate of `fd` in the same place: kaio's own reference to a program's file
+// (the stream lanes hold one while a request waits on it, so that the program closing its number
+// does not take the file from under the request, as glibc's blocked helper keeps it). -1 with
+// errno (EBADF, EMFILE) if none can be made.
+int DupOutOfTheWay(int fd);
+
 }  // namespace kaio::core
 
 #endif  // KAIO_CORE_SYSCALLS_H_

@@ -40,6 +40,9 @@ int64_t NowNs() {
   return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
 }
 
+// kaio's wake-up and completion eventfds: non-blocking, as every wait on them is a bounded poll.
+int MakeEventfd() { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
 // Reads the whole text of a small /proc file, or "?" when it cannot.
 std::string ReadProcValue(const char* path) {
   FILE* f = std::fopen(path, "r");
@@ -121,10 +124,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ServiceOptions& opt
   if (options.idle_release < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("kaio: idle_release must not be negative");
   }
-  int submit_efd = core::MoveOutOfTheWay(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  int submit_efd = core::MoveOutOfTheWay(MakeEventfd());
   if (submit_efd < 0) return absl::ErrnoToStatus(errno, "kaio: eventfd for the submitter");
-  // Blocking: the reaper sleeps in read() on it.
-  int kernel_efd = core::MoveOutOfTheWay(eventfd(0, EFD_CLOEXEC));
+  int kernel_efd = core::MoveOutOfTheWay(MakeEventfd());
   if (kernel_efd < 0) {
     int err = errno;
     close(submit_efd);
@@ -158,8 +160,8 @@ Engine::Engine(const ServiceOptions& options, core::Syscalls& sys, int submit_ef
     : options_(options),
       sys_(sys),
       slots_(static_cast<uint32_t>(options.max_requests)),
-      submit_efd_(submit_efd),
-      kernel_efd_(kernel_efd),
+      submit_efd_(submit_efd, MakeEventfd),
+      kernel_efd_(kernel_efd, MakeEventfd),
       fd_kind_(new std::atomic<uint8_t>[kFdKinds]()),
       fd_order_(new FdOrderState[kFdKinds]()),
       reaper_token_(std::make_unique<ProducerToken>(queue_)),
@@ -182,7 +184,7 @@ Engine::~Engine() {
   // io_submit refused (EBADF) is delivered first and uncounted after, so Shutdown() can return in
   // between. Woken before the submitter is gone, the reaper could see the stale count, go back to
   // its blocking read and never wake again (CI caught it: 2 runs in 30 hung here).
-  sys_.EventFdWrite(kernel_efd_, 1);
+  sys_.EventFdWrite(kernel_efd_.get(), 1);
   if (reaper_.joinable()) reaper_.join();
   {
     std::lock_guard<std::mutex> lock(pool_mu_);
@@ -193,8 +195,6 @@ Engine::~Engine() {
   if (uintptr_t ctx = context_.load(std::memory_order_acquire); ctx != 0) {
     sys_.IoDestroy(reinterpret_cast<io_context_t>(ctx));
   }
-  close(submit_efd_);
-  close(kernel_efd_);
 }
 
 // ---------------------------------------------------------------- producers
@@ -209,7 +209,7 @@ uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
   slot.word.store(core::PackWord(WordGeneration(word), SlotState::kClaimed), std::memory_order_relaxed);
   std::memset(&slot.cb, 0, sizeof(slot.cb));
   slot.cb.data = reinterpret_cast<void*>(static_cast<uintptr_t>(index));
-  io_set_eventfd(&slot.cb, kernel_efd_);
+  io_set_eventfd(&slot.cb, kernel_efd_.get());
   slot.flags = 0;
   slot.partial = 0;
   slot.tag = tag;
@@ -394,8 +394,10 @@ void Engine::WakeSubmitterOnce() {
 }
 
 void Engine::WakeSubmitter() {
-  int rc = sys_.EventFdWrite(submit_efd_, 1);
-  (void)rc;  // EAGAIN means the counter is saturated, i.e. already readable.
+  int rc = sys_.EventFdWrite(submit_efd_.get(), 1);
+  // EAGAIN means the counter is saturated, i.e. already readable. EBADF: the program closed it;
+  // the submitter's bounded wait ends within kIdleLookMs and replaces it.
+  (void)rc;
 }
 
 // ---------------------------------------------------------------- inline I/O
@@ -523,7 +525,7 @@ void Engine::EnsureUnsignalledWatched() {
   // seq_cst, with WatchUnsignalled's store of reaper_watching_ and its re-check of unsignalled_:
   // either the reaper sees our requests or we see that it is not watching and wake it.
   if (unsignalled_.load(std::memory_order_seq_cst) > 0 && !reaper_watching_.load(std::memory_order_seq_cst)) {
-    sys_.EventFdWrite(kernel_efd_, 1);
+    sys_.EventFdWrite(kernel_efd_.get(), 1);
   }
 }
 
@@ -788,15 +790,21 @@ void Engine::SubmitterLoop() {
 }
 
 void Engine::WaitForWork(absl::Time deadline) {
-  struct pollfd pfd = {submit_efd_, POLLIN, 0};
-  int timeout_ms = -1;
+  const int fd = submit_efd_.get();
+  struct pollfd pfd = {fd, POLLIN, 0};
+  // Bounded even when idle: a program that closes the eventfd while we wait here leaves us polling
+  // its old file, which nobody can write any more.
+  int timeout_ms = core::kIdleLookMs;
   if (deadline != absl::InfiniteFuture()) {
-    timeout_ms = static_cast<int>(std::max<int64_t>(
-        0, absl::ToInt64Milliseconds(absl::Ceil(deadline - absl::Now(), absl::Milliseconds(1)))));
+    timeout_ms = static_cast<int>(std::clamp<int64_t>(
+        absl::ToInt64Milliseconds(absl::Ceil(deadline - absl::Now(), absl::Milliseconds(1))), 0, timeout_ms));
   }
-  if (poll(&pfd, 1, timeout_ms) > 0) {
+  const int got = poll(&pfd, 1, timeout_ms);
+  if (got > 0 && !(pfd.revents & POLLNVAL)) {
     uint64_t value;
-    sys_.EventFdRead(submit_efd_, &value);
+    sys_.EventFdRead(fd, &value);
+  } else if (got == 0 || (pfd.revents & POLLNVAL)) {
+    submit_efd_.RepairIfLost(fd);  // one fstat per idle second
   }
 }
 
@@ -966,6 +974,15 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       continue;
     }
     struct iocb* first = cbs[done];
+    // EBADF or EINVAL for the completion eventfd (IOCB_FLAG_RESFD), not the request: the program
+    // closed it or put another file on its number. Replace it and send the rest again.
+    if ((rc == -EBADF || rc == -EINVAL) && (first->u.c.flags & kIocbFlagResfd) &&
+        kernel_efd_.RepairIfLost(static_cast<int>(first->u.c.resfd))) {
+      kernel_efd_replaced_.store(true, std::memory_order_relaxed);  // a hint for the reaper's timeout
+      const int now_fd = kernel_efd_.get();
+      for (size_t i = done; i < kernel_count; ++i) cbs[i]->u.c.resfd = static_cast<unsigned>(now_fd);
+      continue;
+    }
     uint32_t index = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(first->data));
     core::Slot& slot = slots_.at(index);
     if (rc != -EINTR) Resignal(slot);  // the kernel did not take it (only EINTR retries it as it is)
@@ -1056,24 +1073,37 @@ void Engine::ReaperLoop() {
     if (unsignalled_.load(std::memory_order_seq_cst) > 0) {
       WatchUnsignalled();
     } else {
-      uint64_t value;
-      // A failed io_getevents may have left events whose eventfd count is spent, and a failing
-      // eventfd read (seen only under fault injection) must not stop reaping: in both cases wait a
-      // little on the fd and look at the ring anyway.
-      bool wait_briefly = look_again_soon;
-      if (!wait_briefly) {
-        const int rc = sys_.EventFdRead(kernel_efd_, &value);
-        wait_briefly = rc < 0 && rc != -EINTR;
+      // A failed io_getevents may have left events whose eventfd count is spent: look again soon.
+      // After a replacement of the eventfd, requests sent before it announce themselves on the old
+      // one: look every millisecond until nothing is in flight.
+      int timeout_ms = look_again_soon ? 10 : core::kIdleLookMs;
+      if (kernel_efd_replaced_.load(std::memory_order_relaxed)) {
+        if (in_kernel_.load(std::memory_order_seq_cst) == 0) {
+          kernel_efd_replaced_.store(false, std::memory_order_relaxed);
+        } else {
+          timeout_ms = 1;
+        }
       }
-      if (wait_briefly) {
-        struct pollfd pfd = {kernel_efd_, POLLIN, 0};
-        if (poll(&pfd, 1, 10) > 0) sys_.EventFdRead(kernel_efd_, &value);
-      }
+      WaitForCompletions(timeout_ms);
       AcquireRole(reap_role_);
       look_again_soon = !ReapAvailable(/*inline_caller=*/false);
       ReleaseRole(reap_role_);
     }
     if (exiting_.load(std::memory_order_acquire) && in_kernel_.load(std::memory_order_acquire) == 0) break;
+  }
+}
+
+void Engine::WaitForCompletions(int timeout_ms) {
+  // poll, then read: a blocking read(2) cannot time out, and a program that closed the eventfd
+  // while we were in it would leave us reading a file nobody can signal.
+  const int fd = kernel_efd_.get();
+  struct pollfd pfd = {fd, POLLIN, 0};
+  const int got = poll(&pfd, 1, timeout_ms);
+  if (got > 0 && !(pfd.revents & POLLNVAL)) {
+    uint64_t value;
+    sys_.EventFdRead(fd, &value);  // a failure (fault injection) only means the ring is read anyway
+  } else if ((got == 0 && timeout_ms == core::kIdleLookMs) || (got > 0 && (pfd.revents & POLLNVAL))) {
+    if (kernel_efd_.RepairIfLost(fd)) kernel_efd_replaced_.store(true, std::memory_order_relaxed);
   }
 }
 
@@ -1083,11 +1113,7 @@ void Engine::WatchUnsignalled() {
     // Requests without the eventfd flag announce nothing: look at the ring every millisecond (or
     // at once when a flagged one completes). Only a wrong guess about an fd lands here, and that
     // fd is then async for good, so this is rare; the reap role stays free meanwhile.
-    struct pollfd pfd = {kernel_efd_, POLLIN, 0};
-    if (poll(&pfd, 1, 1) > 0) {
-      uint64_t value;
-      sys_.EventFdRead(kernel_efd_, &value);
-    }
+    WaitForCompletions(1);
     AcquireRole(reap_role_);
     ReapAvailable(/*inline_caller=*/false);
     ReleaseRole(reap_role_);

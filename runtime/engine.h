@@ -40,6 +40,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "core/hidden_fd.h"
 #include "core/slot.h"
 #include "core/syscalls.h"
 #include "runtime/stream_lanes.h"
@@ -183,6 +184,9 @@ class Engine {
   void WakeSubmitterOnce();
 
   void ReaperLoop();
+  // Waits up to timeout_ms for the kernel's eventfd and consumes its count; replaces the eventfd if
+  // the program took it (closed, or another file on its number).
+  void WaitForCompletions(int timeout_ms);
   // Reaps until the ring is empty; false if io_getevents failed first (events may be left).
   bool ReapAvailable(bool inline_caller);
   // Routes `got` events just taken from the ring (the caller holds the reap role).
@@ -225,8 +229,11 @@ class Engine {
   const ServiceOptions options_;
   core::Syscalls& sys_;
   core::SlotTable slots_;
-  const int submit_efd_;  // wakes the submitter
-  const int kernel_efd_;  // the kernel signals completions here; also wakes the reaper to stop
+  core::HiddenFd submit_efd_;  // wakes the submitter
+  core::HiddenFd kernel_efd_;  // the kernel signals completions here; also wakes the reaper to stop
+  // The program took kernel_efd_ and it was replaced: requests sent before announce themselves on
+  // the old file, so the reaper looks at the ring every millisecond until nothing is in flight.
+  std::atomic<bool> kernel_efd_replaced_{false};
 
   moodycamel::ConcurrentQueue<uint32_t, QueueTraits> queue_;
   // Producers add 2 after each enqueue; bit 0 is set while the submitter sleeps. A producer whose

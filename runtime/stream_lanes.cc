@@ -54,7 +54,13 @@ StreamLanes::Order StreamLanes::OrderFor(Kind kind, short opcode) {
   }
 }
 
-StreamLanes::StreamLanes(Engine& engine) : engine_(engine), slots_(engine.slots()) {}
+namespace {
+int MakeEpollSet() { return epoll_create1(EPOLL_CLOEXEC); }
+int MakeWakeFd() { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+}  // namespace
+
+StreamLanes::StreamLanes(Engine& engine)
+    : engine_(engine), slots_(engine.slots()), epoll_fd_(-1, MakeEpollSet), wake_fd_(-1, MakeWakeFd) {}
 
 StreamLanes::~StreamLanes() {
   {
@@ -63,8 +69,6 @@ StreamLanes::~StreamLanes() {
     if (thread_.joinable()) WakeLocked();
   }
   if (thread_.joinable()) thread_.join();
-  if (epoll_fd_ >= 0) close(epoll_fd_);
-  if (wake_fd_ >= 0) close(wake_fd_);
 }
 
 uint64_t StreamLanes::threads_started() const {
@@ -149,18 +153,8 @@ void StreamLanes::Kick() {
 
 bool StreamLanes::EnsureThreadLocked() {
   if (thread_.joinable()) return true;
-  if (epoll_fd_ < 0) epoll_fd_ = core::MoveOutOfTheWay(epoll_create1(EPOLL_CLOEXEC));
-  if (wake_fd_ < 0 && epoll_fd_ >= 0) {
-    wake_fd_ = core::MoveOutOfTheWay(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    struct epoll_event ev = {};
-    ev.events = EPOLLIN;
-    ev.data.u64 = kWakeKey;
-    if (wake_fd_ >= 0 && epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev) != 0) {
-      close(wake_fd_);
-      wake_fd_ = -1;
-    }
-  }
-  if (epoll_fd_ < 0 || wake_fd_ < 0) return false;
+  if (!epoll_fd_.Open()) return false;
+  if (wake_fd_.get() < 0 && (!wake_fd_.Open() || !WatchWakeFdLocked())) return false;
   // kaio's threads never take the application's signals (see Engine::Create).
   sigset_t all_signals, caller_mask;
   sigfillset(&all_signals);
@@ -177,12 +171,50 @@ bool StreamLanes::EnsureThreadLocked() {
   return true;
 }
 
+bool StreamLanes::WatchWakeFdLocked() {
+  struct epoll_event ev = {};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kWakeKey;
+  return epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, wake_fd_.get(), &ev) == 0;
+}
+
 void StreamLanes::WakeLocked() {
-  if (woken_ || wake_fd_ < 0) return;  // one write per look: the thread reads ready_ and sweep_ under the lock
+  // One write per look: the thread reads ready_ and sweep_ under the lock.
+  if (woken_ || wake_fd_.get() < 0) return;
   woken_ = true;
   uint64_t one = 1;
-  ssize_t rc = write(wake_fd_, &one, sizeof(one));
-  (void)rc;  // EAGAIN: the counter is saturated, i.e. already readable
+  ssize_t rc = write(wake_fd_.get(), &one, sizeof(one));
+  // EAGAIN: the counter is saturated, i.e. already readable. EBADF: the program closed it; the
+  // thread's bounded wait ends within kIdleLookMs and repairs it.
+  (void)rc;
+}
+
+void StreamLanes::RepairLocked() {
+  const int epoll_fd = epoll_fd_.get();
+  const int wake_fd = wake_fd_.get();
+  const bool new_set = epoll_fd_.RepairIfLost(epoll_fd);
+  const bool new_wake = wake_fd_.RepairIfLost(wake_fd);
+  if (new_set || new_wake) {
+    WatchWakeFdLocked();
+    woken_ = false;
+  }
+  if (!new_set) return;
+  // A new set knows nothing: register every waiting head again, on kaio's duplicate if the program
+  // left it alone, else from the number (the next attempt).
+  for (auto& [fd, stream] : streams_) {
+    for (Lane& lane : stream.lanes) {
+      lane.registered = false;
+      if (lane.held >= 0) {
+        struct stat st;
+        if (fstat(lane.held, &st) != 0 || st.st_dev != lane.held_dev || st.st_ino != lane.held_ino) {
+          lane.held = -1;  // the program's number now: not ours to close
+        }
+      }
+      if (!lane.waiting) continue;
+      lane.waiting = false;
+      ready_.push_back(fd);  // tried again, then waits on the new set
+    }
+  }
 }
 
 void StreamLanes::Loop() {
@@ -201,26 +233,26 @@ void StreamLanes::Loop() {
     }
     if (exiting_) return;
     lock.unlock();
-    int got = epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()), -1);
+    // Bounded: a program that closes the epoll set while we wait in it leaves us in a set nobody
+    // can add to (see core::HiddenFd).
+    int got = epoll_wait(epoll_fd_.get(), events.data(), static_cast<int>(events.size()), core::kIdleLookMs);
+    const int err = errno;
     lock.lock();
+    if (got == 0 || (got < 0 && (err == EBADF || err == EINVAL))) RepairLocked();
     for (int i = 0; i < got; ++i) {
       if (events[i].data.u64 == kWakeKey) {
         uint64_t value;
-        ssize_t rc = read(wake_fd_, &value, sizeof(value));
+        ssize_t rc = read(wake_fd_.get(), &value, sizeof(value));
         (void)rc;
         woken_ = false;
         continue;
       }
-      const int fd = static_cast<int>(events[i].data.u64);
+      const int fd = static_cast<int>(events[i].data.u64 >> 1);
       auto it = streams_.find(fd);
       if (it == streams_.end()) continue;
-      // Unregistered at once, while its requests keep the fd open: removed later, when the last
-      // one has completed, it could be a number the program has closed and reused since.
-      epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-      Stream& stream = it->second;
-      stream.registered = false;
-      stream.armed = 0;
-      for (Lane& lane : stream.lanes) lane.waiting = false;
+      // One-shot: the registration is disarmed until ArmLocked re-arms it. It watches kaio's own
+      // duplicate, so it stays valid whatever the program does with the number.
+      it->second.lanes[events[i].data.u64 & 1].waiting = false;
       ready_.push_back(fd);
     }
   }
@@ -242,6 +274,7 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
     uint64_t word = slot.word.load(std::memory_order_acquire);
     if (WordState(word) == SlotState::kCancelledQueued) {
       lane.requests.pop_front();
+      ReleaseHeldLocked(lane);
       EraseIfIdleLocked(fd);  // before the completion hands the fd back to the program
       lock.unlock();
       engine_.Complete(index, SlotState::kCancelledQueued, -ECANCELED);
@@ -264,8 +297,9 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
     // close and reuse it while a cancelled request of the old one still sits in the lane.
     bool positional = true;
     int64_t result = 0;
+    const int io_fd = lane.held >= 0 ? lane.held : fd;  // a head that has started keeps its file
     lock.unlock();  // the I/O itself runs unlocked: Push never waits for a copy of our data
-    Attempt attempt = TryWithoutBlocking(slot, &positional, &result);
+    Attempt attempt = TryWithoutBlocking(slot, io_fd, &positional, &result);
     lock.lock();
     Lane& same = streams_[fd].lanes[dir];  // only this thread erases streams: still there
     bool to_pool_now = attempt == Attempt::kCannotNowait;
@@ -273,7 +307,7 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
       same.waiting = true;
       // EPERM (cannot be polled), ENOSPC (max_user_watches), ENOMEM: the pool's blocking call is
       // the only way left.
-      if (!ArmLocked(fd, streams_[fd])) {
+      if (!ArmLocked(fd, dir, same)) {
         same.waiting = false;
         to_pool_now = true;
       }
@@ -288,6 +322,7 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
     }
     if (attempt == Attempt::kDone) {
       same.requests.pop_front();
+      ReleaseHeldLocked(same);
       EraseIfIdleLocked(fd);  // before the completion hands the fd back to the program
       lock.unlock();
       engine_.Complete(index, SlotState::kStreamTrying, result);
@@ -295,6 +330,7 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
       continue;
     }
     if (to_pool_now) {
+      ReleaseHeldLocked(same);  // the pool's blocking call uses the number, as glibc's helper would
       same.pool_only = true;
       // release: the worker that acquires kPoolQueued sees the iocb (nothing moved: cancellable).
       slot.word.store(core::PackWord(WordGeneration(word), SlotState::kPoolQueued), std::memory_order_release);
@@ -307,7 +343,12 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
     // this attempt would find the very word it expects and win its CAS.
     const SlotState waits = slot.partial > 0 ? SlotState::kPoolRunning : SlotState::kPoolQueued;
     slot.word.store(core::PackWord(WordGeneration(word), waits), std::memory_order_release);
-    if (attempt == Attempt::kYield) ready_.push_back(fd);  // other streams get a turn, then it goes on
+    if (attempt == Attempt::kYield) {
+      // Other streams get a turn, then it goes on, on the file it started on (-1 if no duplicate
+      // can be had: the number).
+      if (same.held < 0) HoldFileLocked(same, io_fd);
+      ready_.push_back(fd);
+    }
     break;
   }
   if (!to_pool.empty()) {
@@ -322,38 +363,48 @@ void StreamLanes::SendHeadToPoolLocked(Lane& lane, std::vector<uint32_t>* to_poo
   to_pool->push_back(lane.requests.front());
 }
 
-bool StreamLanes::ArmLocked(int fd, Stream& stream) {
-  uint32_t want = 0;
-  if (stream.lanes[kRead].waiting) want |= EPOLLIN;
-  if (stream.lanes[kWrite].waiting) want |= EPOLLOUT;
-  // Never "already armed": the program may have closed the number and opened another file on it
-  // while a cancelled request still held the lane, and epoll dropped the old file's registration
-  // with it (a read then waited for ever: the differential test, seed 367594895). MOD, or ADD when
-  // the kernel says the registration is gone.
-  if (want == 0) return true;
-  struct epoll_event ev = {};
-  ev.events = want | EPOLLONESHOT;
-  ev.data.u64 = static_cast<uint64_t>(static_cast<uint32_t>(fd));
-  // Registered only while a head waits (the loop unregisters on the event): MOD adds the other
-  // direction to a wait in progress.
-  int rc = epoll_ctl(epoll_fd_, stream.registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev);
-  if (rc != 0 && errno == ENOENT) {
-    rc = epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);  // the program closed and reopened the number
-  } else if (rc != 0 && errno == EEXIST) {
-    rc = epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);  // another file on this number, dup'ed
-  }
-  if (rc != 0) {
-    if (errno == EBADF) {
-      // Closed under us: the next attempt reports the error to the request.
-      ready_.push_back(fd);
-      for (Lane& lane : stream.lanes) lane.waiting = false;
-      return true;
+bool StreamLanes::ArmLocked(int fd, Direction dir, Lane& lane) {
+  if (lane.held < 0) {
+    HoldFileLocked(lane, fd);
+    if (lane.held < 0) {
+      if (errno == EBADF) {
+        // Closed under us: the next attempt reports the error to the request.
+        lane.waiting = false;
+        ready_.push_back(fd);
+        return true;
+      }
+      return false;  // EMFILE: the pool's blocking call on the number
     }
+  }
+  struct epoll_event ev = {};
+  ev.events = (dir == kRead ? EPOLLIN : EPOLLOUT) | EPOLLONESHOT;
+  ev.data.u64 = static_cast<uint64_t>(static_cast<uint32_t>(fd)) << 1 | static_cast<uint64_t>(dir);
+  if (epoll_ctl(epoll_fd_.get(), lane.registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, lane.held, &ev) != 0) {
+    ReleaseHeldLocked(lane);
     return false;  // EPERM (cannot be polled), ENOSPC (max_user_watches), ENOMEM: the pool's way
   }
-  stream.registered = true;
-  stream.armed = want;
+  lane.registered = true;
   return true;
+}
+
+void StreamLanes::HoldFileLocked(Lane& lane, int fd) {
+  lane.held = core::DupOutOfTheWay(fd);
+  struct stat st;
+  if (lane.held >= 0 && fstat(lane.held, &st) == 0) {
+    lane.held_dev = st.st_dev;
+    lane.held_ino = st.st_ino;
+  }
+}
+
+void StreamLanes::ReleaseHeldLocked(Lane& lane) {
+  lane.waiting = false;
+  if (lane.held < 0) return;
+  // Removed by hand: epoll forgets a registration only when the file itself goes, and the program
+  // may keep it open.
+  if (lane.registered) epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, lane.held, nullptr);
+  close(lane.held);
+  lane.held = -1;
+  lane.registered = false;
 }
 
 void StreamLanes::EraseIfIdleLocked(int fd) {
@@ -362,12 +413,7 @@ void StreamLanes::EraseIfIdleLocked(int fd) {
   for (const Lane& lane : it->second.lanes) {
     if (!lane.requests.empty()) return;
   }
-  if (it->second.registered) {
-    // Drop the registration too (a cancelled head's): the number may be reused for another file.
-    // Called before the last request's completion is delivered, while the fd is still the program's.
-    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-  }
-  streams_.erase(it);
+  streams_.erase(it);  // every head that left released its duplicate
 }
 
 void StreamLanes::SweepCancelled(std::unique_lock<std::mutex>& lock) {
@@ -384,7 +430,7 @@ void StreamLanes::SweepCancelled(std::unique_lock<std::mutex>& lock) {
         }
         const uint64_t word = slots_.at(*it).word.load(std::memory_order_acquire);
         if (WordState(word) == SlotState::kCancelledQueued) {
-          if (it == lane.requests.begin()) lane.waiting = false;  // the next head needs a try
+          if (it == lane.requests.begin()) ReleaseHeldLocked(lane);  // the next head needs a try
           cancelled.push_back(*it);
           it = lane.requests.erase(it);
         } else {
@@ -404,9 +450,9 @@ void StreamLanes::SweepCancelled(std::unique_lock<std::mutex>& lock) {
   lock.lock();
 }
 
-StreamLanes::Attempt StreamLanes::TryWithoutBlocking(core::Slot& slot, bool* positional, int64_t* result) {
+StreamLanes::Attempt StreamLanes::TryWithoutBlocking(core::Slot& slot, int fd, bool* positional,
+                                                     int64_t* result) {
   const struct iocb& cb = slot.cb;
-  const int fd = cb.aio_fildes;
   const bool write = DirectionOf(cb.aio_lio_opcode) == kWrite;
   const bool vectored = IsVectoredOp(cb.aio_lio_opcode);
   // One attempt moves at most this much before the other streams get a turn (a 100 MB write to a

@@ -40,6 +40,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/hidden_fd.h"
 #include "core/slot.h"
 
 namespace kaio::runtime {
@@ -89,11 +90,17 @@ class StreamLanes {
     bool pool_only = false;         // O_APPEND, or RWF_NOWAIT refused: heads run in the pool
     bool in_pool = false;           // the head is the pool's until OnPoolDone
     bool waiting = false;           // the head waits for readiness
+    // kaio's own duplicate of the head's file, taken when it first has to wait, and what the epoll
+    // set watches: the program may close its number meanwhile (glibc's helper, blocked in read(2),
+    // keeps the file too) or reuse it, and neither must touch this request. Closed when the head
+    // leaves the lane; later heads start again from the number, as glibc's next call would.
+    int held = -1;
+    dev_t held_dev = 0;  // what `held` names, to tell it from a number the program reused
+    ino_t held_ino = 0;
+    bool registered = false;  // `held` is in the epoll set (one-shot: disarmed once it fired)
   };
   struct Stream {
     Lane lanes[2];
-    uint32_t armed = 0;  // epoll events the registration waits for now (0: disarmed)
-    bool registered = false;
   };
   enum class Attempt { kDone, kWouldBlock, kCannotNowait, kYield };
 
@@ -105,18 +112,28 @@ class StreamLanes {
   void RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& lock);
   // Completes, outside the lock, every lane request cancelled so far (with the lock held).
   void SweepCancelled(std::unique_lock<std::mutex>& lock);
-  // Waits for readiness of whatever lanes of fd wait (with the lock held). False: the fd cannot be
-  // polled, the waiting heads go to the pool instead.
-  bool ArmLocked(int fd, Stream& stream);
+  // Waits for the lane's head to be able to move data (with the lock held). False: the fd cannot be
+  // polled, the head goes to the pool instead.
+  bool ArmLocked(int fd, Direction dir, Lane& lane);
+  // Takes kaio's duplicate of the head's file (-1 in lane.held if none can be had).
+  void HoldFileLocked(Lane& lane, int fd);
+  // The head is leaving the lane: drop kaio's duplicate of its file (with the lock held).
+  void ReleaseHeldLocked(Lane& lane);
   void EraseIfIdleLocked(int fd);
-  Attempt TryWithoutBlocking(core::Slot& slot, bool* positional, int64_t* result);
+  // The program closed (or reused) the epoll set's or the wake-up's number: replace them, and
+  // register again every head that waits (with the lock held). Called after an idle timeout.
+  void RepairLocked();
+  // Adds wake_fd_ to the epoll set (with the lock held).
+  bool WatchWakeFdLocked();
+  // `fd` is the request's own, or the lane's duplicate of its file.
+  Attempt TryWithoutBlocking(core::Slot& slot, int fd, bool* positional, int64_t* result);
   // Hands the head to the pool (with the lock held; the push itself happens after unlocking).
   void SendHeadToPoolLocked(Lane& lane, std::vector<uint32_t>* to_pool);
 
   Engine& engine_;
   core::SlotTable& slots_;
-  int epoll_fd_ = -1;
-  int wake_fd_ = -1;  // an eventfd in the epoll set: new heads, pool results, cancels, exit
+  core::HiddenFd epoll_fd_;
+  core::HiddenFd wake_fd_;  // an eventfd in the epoll set: new heads, pool results, cancels, exit
 
   mutable std::mutex mu_;
   std::unordered_map<int, Stream> streams_;  // node-based: references survive inserts
