@@ -28,3 +28,8 @@ KAIO_COPTS = _WARNINGS + select(dict(
     [("//conditions:default", [])],
 ))
 
+
+# For units that include absl/flags/flag.h (the command-line tools): Abseil 20220623's CommandLineFlag has
+# virtual functions and a protected non-virtual destructor, which -Wnon-virtual-dtor reports in every such
+# unit (Abseil is built from source here, so its headers are not system headers).
+KAIO_FLAGS_COPTS = KAIO_COPTS + ["-Wno-non-virtual-dtor"]

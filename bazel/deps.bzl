@@ -93,6 +93,12 @@ def kaio_deps(third_party_dir = "/opt/kaio-deps"):
     )
     _maybe(
         native.new_local_repository,
+        "nlohmann_json",
+        path = "/usr/include",
+        build_file = str(Label("//third_party:nlohmann_json.BUILD")),
+    )
+    _maybe(
+        native.new_local_repository,
         "com_github_google_benchmark",
         path = "/usr/include/benchmark",
         build_file = str(Label("//third_party:benchmark.BUILD")),

@@ -32,18 +32,14 @@
 #include "core/syscalls.h"
 #include "kaio/requester.h"
 #include "kaio/service.h"
+#include "tools/clock.h"
 
 namespace {
 
 using kaio::core::PackWord;
 using kaio::core::SlotState;
 using kaio::core::SlotTable;
-
-int64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
+using kaio_tools::NowNs;
 
 double ProcessCpuSeconds() {
   struct rusage ru;

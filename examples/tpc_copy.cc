@@ -43,14 +43,18 @@
 #include <iterator>
 #include <memory>
 #include <string>
-#include <string_view>
 #include <thread>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "kaio/requester.h"
 #include "kaio/service.h"
 #include "kaio/types.h"
+#include "tools/cli.h"
+#include "tools/clock.h"
+#include "tools/size_flag.h"
 
 namespace {
 
@@ -67,72 +71,54 @@ struct Options {
   std::string src, dst;
 };
 
-void Usage() {
-  std::fprintf(stderr,
-               "usage: tpc_copy [--threads=N] [--chunk=SIZE] [--depth=N] [--direct] [--no-verify] [--progress] SRC DST\n"
-               "  --threads=N   event loops, one pinned per CPU (default: every CPU this process may use)\n"
-               "  --chunk=SIZE  bytes per request, a multiple of 4096 (K/M suffixes; default 1M)\n"
-               "  --depth=N     chunks in flight per loop (default 8)\n"
-               "  --direct      open both files O_DIRECT\n"
-               "  --no-verify   skip reading the copy back and comparing it\n"
-               "  --progress    print each loop's progress once a second\n");
-}
+constexpr char kUsage[] =
+    "usage: tpc_copy [--threads=N] [--chunk=SIZE] [--depth=N] [--direct] [--no-verify] [--progress] SRC DST\n"
+    "  --threads=N   event loops, one pinned per CPU (default: every CPU this process may use)\n"
+    "  --chunk=SIZE  bytes per request, a multiple of 4096 (K/M suffixes; default 1M)\n"
+    "  --depth=N     chunks in flight per loop (default 8)\n"
+    "  --direct      open both files O_DIRECT\n"
+    "  --no-verify   skip reading the copy back and comparing it\n"
+    "  --progress    print each loop's progress once a second\n";
 
-bool ParseSize(std::string_view text, size_t* out) {
-  if (text.empty()) return false;
-  size_t multiplier = 1;
-  switch (text.back()) {
-    case 'K': case 'k': multiplier = size_t{1} << 10; text.remove_suffix(1); break;
-    case 'M': case 'm': multiplier = size_t{1} << 20; text.remove_suffix(1); break;
-    case 'G': case 'g': multiplier = size_t{1} << 30; text.remove_suffix(1); break;
-    default: break;
-  }
-  if (text.empty() || text.size() > 12) return false;
-  size_t value = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9') return false;
-    value = value * 10 + static_cast<size_t>(c - '0');
-  }
-  *out = value * multiplier;
-  return true;
-}
+}  // namespace
 
+ABSL_FLAG(int, threads, 0, "event loops, one pinned per CPU, 1 to 1024 (0: every CPU this process may use)");
+ABSL_FLAG(kaio_tools::Size, chunk, kaio_tools::Size(1 << 20), "bytes per request, a multiple of 4096, at most 1g");
+ABSL_FLAG(int, depth, 8, "chunks in flight per loop (1 to 4096)");
+ABSL_FLAG(bool, direct, false, "open both files O_DIRECT");
+ABSL_FLAG(bool, no_verify, false, "skip reading the copy back and comparing it");
+ABSL_FLAG(bool, progress, false, "print each loop's progress once a second");
+ABSL_FLAG(int64_t, test_interrupt_after, -1, "test hook: loop 0 raises SIGINT after this many chunks");
+
+namespace {
+
+// Fills `options` from the flags; false (after saying why on stderr) for a value out of range or not two
+// file names.
 bool ParseArgs(int argc, char** argv, Options* options) {
-  std::vector<std::string> positional;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    auto value_of = [&](std::string_view name, std::string_view* value) {
-      if (arg.substr(0, name.size()) != name) return false;
-      *value = arg.substr(name.size());
-      return true;
-    };
-    std::string_view value;
-    size_t number = 0;
-    if (value_of("--threads=", &value)) {
-      if (!ParseSize(value, &number) || number < 1 || number > 1024) return false;
-      options->threads = static_cast<int>(number);
-    } else if (value_of("--chunk=", &value)) {
-      if (!ParseSize(value, &number) || number == 0 || number % kAlign != 0 || number > (size_t{1} << 30)) return false;
-      options->chunk = number;
-    } else if (value_of("--depth=", &value)) {
-      if (!ParseSize(value, &number) || number < 1 || number > 4096) return false;
-      options->depth = static_cast<int>(number);
-    } else if (value_of("--test_interrupt_after=", &value)) {
-      if (!ParseSize(value, &number)) return false;
-      options->test_interrupt_after = static_cast<int64_t>(number);
-    } else if (arg == "--direct") {
-      options->direct = true;
-    } else if (arg == "--no-verify") {
-      options->verify = false;
-    } else if (arg == "--progress") {
-      options->progress = true;
-    } else if (arg.substr(0, 2) == "--") {
-      return false;
-    } else {
-      positional.emplace_back(arg);
-    }
+  std::vector<std::string> positional = kaio_tools::ParseCommandLine(argc, argv, kUsage);
+  const size_t chunk = absl::GetFlag(FLAGS_chunk).bytes;
+  const int64_t interrupt_after = absl::GetFlag(FLAGS_test_interrupt_after);
+  std::string error;
+  if (absl::Status s = kaio_tools::InRange(FLAGS_depth, 1, 4096); !s.ok()) error = std::string(s.message());
+  if (kaio_tools::Given(FLAGS_threads)) {
+    if (absl::Status s = kaio_tools::InRange(FLAGS_threads, 1, 1024); !s.ok()) error = std::string(s.message());
   }
-  if (positional.size() != 2) return false;
+  if (chunk == 0 || chunk % kAlign != 0 || chunk > (size_t{1} << 30)) {
+    error = "--chunk=" + std::to_string(chunk) + ": expected a multiple of 4096, at most 1g";
+  }
+  if (kaio_tools::Given(FLAGS_test_interrupt_after) && interrupt_after < 0) error = "--test_interrupt_after < 0";
+  if (error.empty() && positional.size() != 2) error = "expected SRC and DST";
+  if (!error.empty()) {
+    std::fprintf(stderr, "tpc_copy: %s\n", error.c_str());
+    return false;
+  }
+  options->threads = absl::GetFlag(FLAGS_threads);
+  options->chunk = chunk;
+  options->depth = absl::GetFlag(FLAGS_depth);
+  options->direct = absl::GetFlag(FLAGS_direct);
+  options->verify = !absl::GetFlag(FLAGS_no_verify);
+  options->progress = absl::GetFlag(FLAGS_progress);
+  options->test_interrupt_after = interrupt_after;
   options->src = positional[0];
   options->dst = positional[1];
   return true;
@@ -530,16 +516,10 @@ std::vector<int> AllowedCpus() {
   return cpus;
 }
 
-double SecondsSince(const struct timespec& start) {
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return static_cast<double>(now.tv_sec - start.tv_sec) + static_cast<double>(now.tv_nsec - start.tv_nsec) * 1e-9;
-}
-
 int Main(int argc, char** argv) {
   Options options;
   if (!ParseArgs(argc, argv, &options)) {
-    Usage();
+    std::fputs(kUsage, stderr);
     return 2;
   }
   Shared shared;
@@ -611,8 +591,7 @@ int Main(int argc, char** argv) {
     return 1;
   }
 
-  struct timespec start;
-  clock_gettime(CLOCK_MONOTONIC, &start);
+  const int64_t start_ns = kaio_tools::NowNs();
   std::vector<std::unique_ptr<Loop>> loops;
   std::vector<std::thread> workers;
   for (int i = 0; i < threads; ++i) {
@@ -646,7 +625,7 @@ int Main(int argc, char** argv) {
     }
   }
   for (std::thread& worker : workers) worker.join();
-  double seconds = SecondsSince(start);
+  double seconds = static_cast<double>(kaio_tools::NowNs() - start_ns) * 1e-9;
   kaio::ServiceStats stats = shared.service->Stats();
   loops.clear();
   service->reset();  // every requester is gone

@@ -1,12 +1,13 @@
 // A main() for the fuzz target where libFuzzer is not linked (gcc builds, --config=tsan/asan/ubsan):
 // runs LLVMFuzzerTestOneInput over the given corpus files and directories, then over random inputs.
 //   api_fuzzer [--random=N] [--seed=S] [--max_len=L] [file or directory...]
+// The flags are absl flags, which also take libFuzzer's single-dash spelling (-max_len=L); libFuzzer's
+// other flags (-runs=N...) are refused by name, where they used to be taken for file names.
 // The seed is printed, so a failing random input can be replayed (--seed=S --random=N), and every input
 // is written to $KAIO_FUZZ_LAST_INPUT (if set) before it runs, so a crash leaves its input behind.
 #include <dirent.h>
 #include <sys/stat.h>
 
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +16,11 @@
 #include <iterator>
 #include <string>
 #include <vector>
+
+#include "absl/flags/flag.h"
+#include "tools/cli.h"
+#include "tools/clock.h"
+#include "tools/size_flag.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
@@ -47,27 +53,28 @@ void RunOne(const std::vector<uint8_t>& input) {
 
 }  // namespace
 
+ABSL_FLAG(int64_t, random, 0, "random inputs to run after the corpus");
+ABSL_FLAG(uint64_t, seed, 0, "seed of the random inputs (default: from the clock; always printed)");
+ABSL_FLAG(kaio_tools::Size, max_len, kaio_tools::Size(512), "longest random input, in bytes");
+
 int main(int argc, char** argv) {
-  long random_inputs = 0;
-  unsigned long long seed = static_cast<unsigned long long>(std::chrono::steady_clock::now().time_since_epoch().count());
-  size_t max_len = 512;
+  std::vector<std::string> paths = kaio_tools::ParseCommandLine(
+      argc, argv,
+      "runs the fuzz target over corpus files and directories, then over random inputs.\n"
+      "usage: api_fuzzer [--random=N] [--seed=S] [--max_len=L] [file or directory...]");
+  const long random_inputs = static_cast<long>(absl::GetFlag(FLAGS_random));
+  const unsigned long long seed = kaio_tools::Given(FLAGS_seed)
+                                      ? absl::GetFlag(FLAGS_seed)
+                                      : static_cast<unsigned long long>(kaio_tools::NowNs());
+  const size_t max_len = absl::GetFlag(FLAGS_max_len).bytes;
   std::vector<std::string> files;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg.rfind("--random=", 0) == 0) {
-      random_inputs = std::strtol(arg.c_str() + 9, nullptr, 10);
-    } else if (arg.rfind("--seed=", 0) == 0) {
-      seed = std::strtoull(arg.c_str() + 7, nullptr, 0);
-    } else if (arg.rfind("--max_len=", 0) == 0) {
-      max_len = std::strtoul(arg.c_str() + 10, nullptr, 10);
-    } else {
-      for (const std::string& f : Expand(arg)) files.push_back(f);
-    }
+  for (const std::string& path : paths) {
+    for (const std::string& f : Expand(path)) files.push_back(f);
   }
   std::printf("api_fuzzer (standalone): seed=%llu corpus_files=%zu random_inputs=%ld max_len=%zu\n", seed,
               files.size(), random_inputs, max_len);
   std::fflush(stdout);
-  auto start = std::chrono::steady_clock::now();
+  const int64_t start_ns = kaio_tools::NowNs();
   for (const std::string& f : files) {
     std::ifstream in(f, std::ios::binary);
     std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -85,8 +92,8 @@ int main(int argc, char** argv) {
     for (uint8_t& b : data) b = static_cast<uint8_t>(next());
     RunOne(data);
   }
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+  const long long ms = (kaio_tools::NowNs() - start_ns) / 1000000;
   std::printf("api_fuzzer (standalone): PASS %zu corpus inputs and %ld random inputs in %lld ms\n", files.size(),
-              random_inputs, static_cast<long long>(ms));
+              random_inputs, ms);
   return 0;
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything kaio needs on a fresh Debian bookworm machine that reaches only Debian's archive:
 # Bazel (Debian's bazel-bootstrap) and the local repositories it needs offline, libaio, moodycamel,
-# liburing, fio, and Abseil's source package (built from source so TSan instruments it).
+# liburing, nlohmann-json, fio, and Abseil's source package (built from source so TSan instruments it).
 # Idempotent: a second run checks and returns in seconds.
 set -euo pipefail
 third=${KAIO_THIRD_PARTY_DIR:-/opt/kaio-deps}  # must match kaio_deps(third_party_dir) in WORKSPACE
@@ -10,8 +10,8 @@ sudo_if() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 export DEBIAN_FRONTEND=noninteractive
 
 packages=(bazel-bootstrap bazel-platforms bazel-skylib bazel-rules-java libaio-dev libconcurrentqueue-dev
-          liburing-dev libgtest-dev libbenchmark-dev libabsl-dev fio dpkg-dev clang libclang-rt-14-dev
-          llvm-14 default-jdk-headless)
+          liburing-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev libabsl-dev fio dpkg-dev clang
+          libclang-rt-14-dev llvm-14 default-jdk-headless)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,7 +1,7 @@
 // kaio_stress: a long multithreaded run of the completion service that checks everything it can observe.
 //
 //   kaio_stress --threads=4 --ops=200000 --mix=read=30,write=30,cancel=10 --queue_depth=32 --seed=42
-//   kaio_stress --help
+//   kaio_stress --help    (absl flags: --name=value, or --name value)
 //
 // Every worker thread owns a Requester and a share of the blocks of --files files. Writers put a
 // self-describing header in every block (stress/block_format.h: file, block, writer, sequence,
@@ -35,15 +35,17 @@
 #include <mutex>
 #include <string>
 #include <thread>
-#include <type_traits>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/status/status.h"
 #include "core/slot.h"
 #include "kaio/requester.h"
 #include "kaio/service.h"
 #include "runtime/engine.h"
 #include "stress/block_format.h"
 #include "tests/fault_syscalls.h"
+#include "tools/cli.h"
 
 namespace kaio::stress {
 namespace {
@@ -85,36 +87,6 @@ struct Options {
   // are collected by Poll/Wait only (to tell a Return() problem from others).
   bool use_return = true;
 };
-
-void Usage() {
-  std::printf(
-      "usage: kaio_stress [flags]\n"
-      "  --threads=N            worker threads, one Requester each (4)\n"
-      "  --ops=N                requests to submit across all threads (default 20000 if no --duration_ms)\n"
-      "  --duration_ms=N        run for this long instead of a number of requests\n"
-      "  --mix=a=W,b=W,...      weights of: read write readv writev fsync cancel waitall waitany poll\n"
-      "                         (default %s)\n"
-      "  --queue_depth=N        ServiceOptions::queue_depth, the kernel queue depth (32)\n"
-      "  --submit_batch=N       ServiceOptions::submit_batch (16)\n"
-      "  --fallback_threads=N   ServiceOptions::fallback_threads (4)\n"
-      "  --idle_release_ms=N    ServiceOptions::idle_release (30000)\n"
-      "  --files=N --blocks_per_file=N   data set: N files of N 4 KiB blocks (4, 64)\n"
-      "  --inflight=N           most requests outstanding per requester (16)\n"
-      "  --direct | --buffered  open the files with O_DIRECT (default) or through the page cache\n"
-      "  --seed=N               seed for every random choice (default: from the clock; always printed)\n"
-      "  --churn=N              replace each thread's requester about every N actions; 0 never (400)\n"
-      "  --inline_io=PCT        this percent of requesters submit and reap on their own thread (0)\n"
-      "  --shutdown_under_load  end with Service::Shutdown() while the workers still submit\n"
-      "  --faults=N             inject each enabled fault with probability N/1000 per call (0)\n"
-      "  --fault_kinds=a,b,...  which: all, or of submit_eagain submit_partial submit_ebadf getevents_eintr\n"
-      "                         getevents_short eventfd_read setup_eagain\n"
-      "  --dir=PATH             where the data files go (default $TEST_TMPDIR or /tmp)\n"
-      "  --wait_timeout_ms=N    a wait for a completion longer than this is a failure (30000)\n"
-      "  --watchdog_ms=N        exit 3 after this long without progress (60000)\n"
-      "  --return=0|1           take finished results with Return() as well as Poll/Wait (1)\n"
-      "  --verbose              progress lines\n",
-      kDefaultMix);
-}
 
 bool ParseInt(const std::string& text, int64_t min, int64_t* out) {
   if (text.empty()) return false;
@@ -159,87 +131,100 @@ bool ParseMix(const std::string& text, std::array<int, kNumActions>* mix, std::s
   return true;
 }
 
+}  // namespace
+}  // namespace kaio::stress
+
+ABSL_FLAG(int, threads, 4, "worker threads, one Requester each (1 to 256)");
+ABSL_FLAG(int64_t, ops, 0, "requests to submit across all threads (default 20000 if no --duration_ms)");
+ABSL_FLAG(int64_t, duration_ms, 0, "run for this long instead of a number of requests");
+ABSL_FLAG(std::string, mix, kaio::stress::kDefaultMix,
+          "a=W,b=W,...: weights of read write readv writev fsync cancel waitall waitany poll");
+ABSL_FLAG(int, queue_depth, 32, "ServiceOptions::queue_depth, the kernel queue depth (1 to 65536)");
+ABSL_FLAG(int, submit_batch, 16, "ServiceOptions::submit_batch (1 to 4096)");
+ABSL_FLAG(int, fallback_threads, 4, "ServiceOptions::fallback_threads (0 to 256)");
+ABSL_FLAG(int64_t, idle_release_ms, 30000, "ServiceOptions::idle_release");
+ABSL_FLAG(int, files, 4, "data set: this many files (1 to 1024) of --blocks_per_file 4 KiB blocks");
+ABSL_FLAG(int, blocks_per_file, 64, "4 KiB blocks per file (1 to 2^20)");
+ABSL_FLAG(int, inflight, 16, "most requests outstanding per requester (1 to 4096)");
+ABSL_FLAG(bool, direct, true, "open the files with O_DIRECT (--buffered: through the page cache)");
+ABSL_FLAG(bool, buffered, false, "open the files through the page cache: the same as --direct=0");
+ABSL_FLAG(uint64_t, seed, 0, "seed for every random choice (default: from the clock; always printed)");
+ABSL_FLAG(int, churn, 400, "replace each thread's requester about every N actions; 0 never");
+ABSL_FLAG(int, inline_io, 0, "this percent of requesters submit and reap on their own thread (0 to 100)");
+ABSL_FLAG(bool, shutdown_under_load, false, "end with Service::Shutdown() while the workers still submit");
+ABSL_FLAG(int, faults, 0, "inject each enabled fault with probability N/1000 per call (0 to 1000)");
+ABSL_FLAG(std::string, fault_kinds, "all",
+          "a,b,...: which faults: all, or of submit_eagain submit_partial submit_ebadf getevents_eintr "
+          "getevents_short eventfd_read setup_eagain");
+ABSL_FLAG(std::string, dir, "", "where the data files go (default $TEST_TMPDIR or /tmp)");
+ABSL_FLAG(int64_t, wait_timeout_ms, 30000, "a wait for a completion longer than this is a failure");
+ABSL_FLAG(int64_t, watchdog_ms, 60000, "exit 3 after this long without progress");
+ABSL_FLAG(bool, return, true, "take finished results with Return() as well as Poll/Wait");
+ABSL_FLAG(bool, verbose, false, "progress lines");
+
+namespace kaio::stress {
+namespace {
+
+constexpr char kUsage[] =
+    "a long multithreaded run of the completion service that checks everything it can observe.\n\n"
+    "usage: kaio_stress [flags]\n"
+    "  e.g. kaio_stress --threads=4 --ops=200000 --mix=read=30,write=30,cancel=10 --queue_depth=32 --seed=42\n"
+    "Exit status: 0 passed, 1 failures, 2 bad flags or setup, 3 the watchdog found the run stuck.";
+
 bool ParseFlags(int argc, char** argv, Options* o, std::string* error) {
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      Usage();
-      std::exit(0);
-    }
-    if (arg.rfind("--", 0) != 0) {
-      *error = "unexpected argument '" + arg + "'";
-      return false;
-    }
-    std::string name = arg.substr(2), value;
-    size_t eq = name.find('=');
-    bool has_value = eq != std::string::npos;
-    if (has_value) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    }
-    if (name == "direct" || name == "buffered" || name == "shutdown_under_load" || name == "verbose" || name == "return") {
-      bool on = !has_value || value == "1" || value == "true";
-      if (has_value && !on && value != "0" && value != "false") {
-        *error = "bad boolean for --" + name;
-        return false;
-      }
-      if (name == "direct") o->direct = on;
-      if (name == "buffered") o->direct = !on;
-      if (name == "shutdown_under_load") o->shutdown_under_load = on;
-      if (name == "verbose") o->verbose = on;
-      if (name == "return") o->use_return = on;
-      continue;
-    }
-    if (!has_value) {
-      if (i + 1 >= argc) {
-        *error = "--" + name + " needs a value";
-        return false;
-      }
-      value = argv[++i];
-    }
-    int64_t v = 0;
-    auto number = [&](int64_t min, int64_t max, auto* field) {
-      if (!ParseInt(value, min, &v) || v > max) {
-        *error = "bad value '" + value + "' for --" + name;
-        return false;
-      }
-      *field = static_cast<std::remove_pointer_t<decltype(field)>>(v);
-      return true;
-    };
-    bool ok = true;
-    if (name == "threads") ok = number(1, 256, &o->threads);
-    else if (name == "ops") ok = number(0, INT64_MAX, &o->ops);
-    else if (name == "duration_ms") ok = number(0, INT64_MAX, &o->duration_ms);
-    else if (name == "queue_depth") ok = number(1, 65536, &o->queue_depth);
-    else if (name == "submit_batch") ok = number(1, 4096, &o->submit_batch);
-    else if (name == "fallback_threads") ok = number(0, 256, &o->fallback_threads);
-    else if (name == "idle_release_ms") ok = number(0, INT64_MAX, &o->idle_release_ms);
-    else if (name == "files") ok = number(1, 1024, &o->files);
-    else if (name == "blocks_per_file") ok = number(1, 1 << 20, &o->blocks_per_file);
-    else if (name == "inflight") ok = number(1, 4096, &o->inflight);
-    else if (name == "churn") ok = number(0, INT32_MAX, &o->churn);
-    else if (name == "inline_io") ok = number(0, 100, &o->inline_io);
-    else if (name == "faults") ok = number(0, 1000, &o->faults);
-    else if (name == "watchdog_ms") ok = number(1, INT64_MAX, &o->watchdog_ms);
-    else if (name == "wait_timeout_ms") ok = number(1, INT64_MAX, &o->wait_timeout_ms);
-    else if (name == "seed") {
-      char* end = nullptr;
-      errno = 0;
-      o->seed = std::strtoull(value.c_str(), &end, 0);
-      if (errno != 0 || value.empty() || *end != '\0') {
-        *error = "bad --seed '" + value + "'";
-        return false;
-      }
-      o->seed_given = true;
-    } else if (name == "mix") o->mix_text = value;
-    else if (name == "fault_kinds") o->fault_kinds = value;
-    else if (name == "dir") o->dir = value;
-    else {
-      *error = "unknown flag --" + name + " (see --help)";
-      return false;
-    }
-    if (!ok) return false;
+  using kaio_tools::Given;
+  using kaio_tools::InRange;
+  std::vector<std::string> positional = kaio_tools::ParseCommandLine(argc, argv, kUsage);
+  if (!positional.empty()) {
+    *error = "unexpected argument '" + positional[0] + "'";
+    return false;
   }
+  constexpr int64_t kMax = INT64_MAX;
+  for (absl::Status s : {InRange(FLAGS_threads, 1, 256), InRange(FLAGS_ops, int64_t{0}, kMax),
+                         InRange(FLAGS_duration_ms, int64_t{0}, kMax), InRange(FLAGS_queue_depth, 1, 65536),
+                         InRange(FLAGS_submit_batch, 1, 4096), InRange(FLAGS_fallback_threads, 0, 256),
+                         InRange(FLAGS_idle_release_ms, int64_t{0}, kMax), InRange(FLAGS_files, 1, 1024),
+                         InRange(FLAGS_blocks_per_file, 1, 1 << 20), InRange(FLAGS_inflight, 1, 4096),
+                         InRange(FLAGS_churn, 0, INT32_MAX), InRange(FLAGS_inline_io, 0, 100),
+                         InRange(FLAGS_faults, 0, 1000), InRange(FLAGS_watchdog_ms, int64_t{1}, kMax),
+                         InRange(FLAGS_wait_timeout_ms, int64_t{1}, kMax)}) {
+    if (!s.ok()) {
+      *error = std::string(s.message());
+      return false;
+    }
+  }
+  o->threads = absl::GetFlag(FLAGS_threads);
+  o->ops = absl::GetFlag(FLAGS_ops);
+  o->duration_ms = absl::GetFlag(FLAGS_duration_ms);
+  o->mix_text = absl::GetFlag(FLAGS_mix);
+  o->queue_depth = absl::GetFlag(FLAGS_queue_depth);
+  o->submit_batch = absl::GetFlag(FLAGS_submit_batch);
+  o->fallback_threads = absl::GetFlag(FLAGS_fallback_threads);
+  o->idle_release_ms = absl::GetFlag(FLAGS_idle_release_ms);
+  o->files = absl::GetFlag(FLAGS_files);
+  o->blocks_per_file = absl::GetFlag(FLAGS_blocks_per_file);
+  o->inflight = absl::GetFlag(FLAGS_inflight);
+  // --buffered is --direct=0: both given must agree.
+  o->direct = absl::GetFlag(FLAGS_direct);
+  if (Given(FLAGS_buffered)) {
+    if (Given(FLAGS_direct) && o->direct == absl::GetFlag(FLAGS_buffered)) {
+      *error = "--direct and --buffered contradict each other: give one";
+      return false;
+    }
+    o->direct = !absl::GetFlag(FLAGS_buffered);
+  }
+  o->seed = absl::GetFlag(FLAGS_seed);
+  o->seed_given = Given(FLAGS_seed);
+  o->churn = absl::GetFlag(FLAGS_churn);
+  o->inline_io = absl::GetFlag(FLAGS_inline_io);
+  o->shutdown_under_load = absl::GetFlag(FLAGS_shutdown_under_load);
+  o->faults = absl::GetFlag(FLAGS_faults);
+  o->fault_kinds = absl::GetFlag(FLAGS_fault_kinds);
+  o->dir = absl::GetFlag(FLAGS_dir);
+  o->watchdog_ms = absl::GetFlag(FLAGS_watchdog_ms);
+  o->wait_timeout_ms = absl::GetFlag(FLAGS_wait_timeout_ms);
+  o->verbose = absl::GetFlag(FLAGS_verbose);
+  o->use_return = absl::GetFlag(FLAGS_return);
   if (!ParseMix(o->mix_text, &o->mix, error)) return false;
   if (o->ops == 0 && o->duration_ms == 0) o->ops = 20000;
   if (int64_t{o->files} * o->blocks_per_file < o->threads) {

@@ -8,38 +8,21 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "tools/cli.h"
+#include "tools/size_flag.h"
 
 namespace kaio_bench {
 
-// ---------------------------------------------------------------- parsing
+// ---------------------------------------------------------------- flag types
 
-absl::StatusOr<uint64_t> ParseSize(const std::string& text) {
-  std::string t = absl::AsciiStrToLower(text);
-  uint64_t multiplier = 1;
-  if (!t.empty() && (t.back() == 'b')) t.pop_back();  // "4kb", "1gib" tolerated
-  if (t.size() >= 2 && t.back() == 'i') t.pop_back();
-  if (!t.empty()) {
-    switch (t.back()) {
-      case 'k': multiplier = uint64_t{1} << 10; break;
-      case 'm': multiplier = uint64_t{1} << 20; break;
-      case 'g': multiplier = uint64_t{1} << 30; break;
-      case 't': multiplier = uint64_t{1} << 40; break;
-      default: break;
-    }
-    if (multiplier != 1) t.pop_back();
-  }
-  uint64_t value = 0;
-  if (t.empty() || !absl::SimpleAtoi(t, &value)) {
-    return absl::InvalidArgumentError(absl::StrCat("not a size: '", text, "' (examples: 4096, 4k, 256m, 1g)"));
-  }
-  return value * multiplier;
-}
-
-absl::StatusOr<double> ParseSeconds(const std::string& text) {
+absl::StatusOr<double> ParseSeconds(absl::string_view text) {
   std::string t = absl::AsciiStrToLower(text);
   double scale = 1;
   if (absl::EndsWith(t, "ms")) {
@@ -61,297 +44,264 @@ absl::StatusOr<double> ParseSeconds(const std::string& text) {
   return value * scale;
 }
 
-namespace {
+bool AbslParseFlag(absl::string_view text, Seconds* out, std::string* error) {
+  absl::StatusOr<double> v = ParseSeconds(text);
+  if (!v.ok()) {
+    *error = std::string(v.status().message());
+    return false;
+  }
+  out->seconds = *v;
+  return true;
+}
 
-absl::StatusOr<uint64_t> ParseCount(const std::string& text) {
+std::string AbslUnparseFlag(Seconds s) { return absl::StrFormat("%gs", s.seconds); }
+
+bool AbslParseFlag(absl::string_view text, Count* out, std::string* error) {
   std::string t = absl::AsciiStrToLower(text);
   uint64_t multiplier = 1;
   if (!t.empty() && t.back() == 'k') multiplier = 1000;
   if (!t.empty() && t.back() == 'm') multiplier = 1000000;
   if (multiplier != 1) t.pop_back();
   uint64_t value = 0;
-  if (t.empty() || !absl::SimpleAtoi(t, &value)) {
-    return absl::InvalidArgumentError(absl::StrCat("not a count: '", text, "' (examples: 100000, 100k, 1m)"));
+  if (t.empty() || !absl::SimpleAtoi(t, &value) || value > ~uint64_t{0} / multiplier) {
+    *error = absl::StrCat("not a count: '", text, "' (examples: 100000, 100k, 1m)");
+    return false;
   }
-  return value * multiplier;
+  out->value = value * multiplier;
+  return true;
 }
 
-absl::StatusOr<int> ParseInt(const std::string& name, const std::string& text, int low, int high) {
-  int value = 0;
-  if (!absl::SimpleAtoi(text, &value) || value < low || value > high) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", name, "=", text, ": expected an integer in [", low, ", ", high, "]"));
-  }
-  return value;
-}
+std::string AbslUnparseFlag(Count c) { return absl::StrCat(c.value); }
 
-absl::StatusOr<bool> ParseBool(const std::string& name, const std::string& text) {
-  std::string t = absl::AsciiStrToLower(text);
-  if (t == "1" || t == "true" || t == "yes" || t == "on") return true;
-  if (t == "0" || t == "false" || t == "no" || t == "off") return false;
-  return absl::InvalidArgumentError(absl::StrCat("--", name, "=", text, ": expected 0 or 1"));
-}
+}  // namespace kaio_bench
+
+// ---------------------------------------------------------------- flags
+
+using kaio_bench::Count;
+using kaio_bench::Seconds;
+using kaio_tools::Size;
+
+// Workload
+ABSL_FLAG(std::string, rw, "randread", "I/O pattern: randread, randwrite, read, write, randrw, readwrite (or rw)");
+ABSL_FLAG(std::string, readwrite, "", "the same as --rw (fio's name)");
+ABSL_FLAG(Size, bs, Size(4096), "block size, at most 64m; offsets are multiples of it");
+ABSL_FLAG(int, iodepth, 32, "I/Os in flight per thread (1 to 65536)");
+ABSL_FLAG(int, threads, 1, "bench threads (1 to 1024), each with its own engine handle; alias --numjobs");
+ABSL_FLAG(int, numjobs, 1, "the same as --threads (fio's name)");
+ABSL_FLAG(Size, size, Size(uint64_t{256} << 20), "size of each file");
+ABSL_FLAG(int, nrfiles, 1, "number of files (1 to 4096); I/O spreads uniformly over them");
+ABSL_FLAG(bool, direct, true, "O_DIRECT; --buffered is --direct=0");
+ABSL_FLAG(bool, buffered, false, "through the page cache: the same as --direct=0");
+ABSL_FLAG(std::string, cache, "warm",
+          "buffered runs: read the files into the page cache before each engine (warm: page-cache hits, the "
+          "CPU-bound case) or drop them (cold)");
+ABSL_FLAG(int, rwmixread, 50, "mixed patterns: percentage of reads (0 to 100)");
+ABSL_FLAG(Seconds, runtime, Seconds{4}, "measured time per engine (5, 5s, 500ms, 1m)");
+ABSL_FLAG(Seconds, ramp, Seconds{0.5}, "unmeasured warm-up per engine; alias --ramp_time");
+ABSL_FLAG(Seconds, ramp_time, Seconds{0.5}, "the same as --ramp (fio's name)");
+ABSL_FLAG(Count, ops, Count{0},
+          "instead of a time: N I/Os per engine (split over the threads), all measured (100000, 100k, 1m)");
+ABSL_FLAG(int, rounds, 1,
+          "run the engine list N times, interleaved (kaio, libaio, ..., kaio, libaio, ...), and merge each "
+          "engine's rounds: slow drift in the machine's load then hits every engine alike; the per-round "
+          "figures are printed too (1 to 1000)");
+ABSL_FLAG(Count, seed, Count{1}, "offset sequence seed; every engine replays the same sequence");
+// Files
+ABSL_FLAG(std::string, filename, "", "P[:P..]: use these files (created or extended to --size if needed, and kept)");
+ABSL_FLAG(std::string, directory, "",
+          "where temporary files go (default: $TMPDIR if set, else the current directory, which under `bazel "
+          "run` is the directory you ran it from)");
+// Engines
+ABSL_FLAG(std::string, engines, "all",
+          "comma list of: kaio, kaio-threads, libaio, posixaio, threadpool, io_uring, all (kaio-threads is kaio "
+          "without RequesterOptions::inline_io), and optionally fio (= fio-libaio) or fio-ENGINE (fio-io_uring, "
+          "fio-posixaio, fio-psync...): runs Debian's fio on the same files with the same settings; alias --engine");
+ABSL_FLAG(std::string, engine, "", "the same as --engines");
+ABSL_FLAG(int, kaio_queue_depth, 0, "ServiceOptions::queue_depth (0: max(128, threads*iodepth))");
+ABSL_FLAG(int, kaio_submit_batch, 64, "ServiceOptions::submit_batch");
+ABSL_FLAG(int, kaio_device_chunk, 4, "ServiceOptions::device_submit_chunk");
+ABSL_FLAG(int, kaio_reap_batch, 64, "ServiceOptions::reap_batch");
+ABSL_FLAG(int, kaio_fallback_threads, 4, "ServiceOptions::fallback_threads");
+ABSL_FLAG(int, kaio_submitter_cpu, -1, "pin kaio's submitter thread to this CPU (-1: not pinned)");
+ABSL_FLAG(int, kaio_reaper_cpu, -1, "pin kaio's reaper thread to this CPU (-1: not pinned)");
+ABSL_FLAG(std::string, kaio_submit, "inline",
+          "the kaio engine's requesters submit and reap on their own thread when kaio's threads are idle "
+          "(inline: RequesterOptions::inline_io) or hand every request to kaio's submitter and reaper threads "
+          "(threads)");
+ABSL_FLAG(std::string, kaio_wait, "block",
+          "requesters sleep in Requester::Wait (block) or spin on Poll() (spin: thread-per-core style, no "
+          "sleeping, one CPU busy per bench thread)");
+ABSL_FLAG(int, pool_threads, 0, "threadpool engine workers (0: threads*iodepth, at most 256)");
+ABSL_FLAG(std::string, fio, "fio", "the fio binary (default: fio from PATH)");
+// Output
+ABSL_FLAG(bool, json, false, "JSON on stdout instead of the table (progress and notes go to stderr)");
+ABSL_FLAG(std::string, json_file, "", "also write the JSON to PATH (the table still goes to stdout)");
+ABSL_FLAG(bool, progress, false, "progress lines on stderr (default: when stderr is a terminal)");
+ABSL_FLAG(Seconds, stall_timeout, Seconds{10},
+          "an engine thread with I/O in flight and no completion for this long is reported as stalled");
+
+namespace kaio_bench {
+
+namespace {
+
+using kaio_tools::Given;
 
 const char* const kAllEngines[] = {"kaio", "kaio-threads", "libaio", "posixaio", "threadpool", "io_uring"};
 
-}  // namespace
-
-std::string Usage() {
-  return R"(kaio_bench: drive the same I/O workload through several engines and compare them.
+constexpr char kUsage[] = R"(drive the same I/O workload through several engines and compare them.
 
 usage: kaio_bench [--option=value ...]
   (under Bazel: bazel run -c opt //tools:kaio_bench -- [options]; scripts/run_bench.sh [options])
+  Options may be written with '-' or '_' (--json-file, --json_file).
 
 With no options: 4 KiB O_DIRECT random reads, iodepth 32, 1 thread, on a 256 MiB temporary file,
 through every engine (0.5 s ramp + 4 s measured each; about 30 s in all), then a comparison table.
-
-Workload
-  --rw=PATTERN        randread (default), randwrite, read, write, randrw, readwrite (or rw)
-  --bs=SIZE           block size (default 4k); offsets are multiples of it
-  --iodepth=N         I/Os in flight per thread (default 32)
-  --threads=N         bench threads (default 1; alias --numjobs); each has its own engine handle
-  --size=SIZE         size of each file (default 256m)
-  --nrfiles=N         number of files (default 1); I/O spreads uniformly over them
-  --direct=0|1        O_DIRECT (default 1); --buffered is --direct=0
-  --cache=warm|cold   buffered runs: read the files into the page cache before each engine (warm,
-                      default: page-cache hits, the CPU-bound case) or drop them (cold)
-  --rwmixread=PCT     mixed patterns: percentage of reads (default 50)
-  --runtime=DUR       measured time per engine (default 4s)
-  --ramp=DUR          unmeasured warm-up per engine (default 0.5s)
-  --ops=N             instead of a time: N I/Os per engine (split over the threads), all measured
-  --rounds=N          run the engine list N times, interleaved (kaio, libaio, ..., kaio, libaio,
-                      ...), and merge each engine's rounds: slow drift in the machine's load then
-                      hits every engine alike (default 1); the per-round figures are printed too
-  --seed=N            offset sequence seed (default 1); every engine replays the same sequence
-Files
-  --filename=P[:P..]  use these files (created or extended to --size if needed, and kept)
-  --directory=DIR     where temporary files go (default: $TMPDIR if set, else the current
-                      directory, which under `bazel run` is the directory you ran it from)
-Engines
-  --engines=LIST      comma list of: kaio, kaio-threads, libaio, posixaio, threadpool, io_uring, all
-                      (default all; kaio-threads is kaio without RequesterOptions::inline_io),
-                      and optionally fio (= fio-libaio) or fio-ENGINE (fio-io_uring, fio-posixaio,
-                      fio-psync...): runs Debian's fio on the same files with the same settings
-  --kaio-queue-depth=N     ServiceOptions::queue_depth (default max(128, threads*iodepth))
-  --kaio-submit-batch=N    ServiceOptions::submit_batch (default 64)
-  --kaio-device-chunk=N    ServiceOptions::device_submit_chunk (default 4)
-  --kaio-reap-batch=N      ServiceOptions::reap_batch (default 64)
-  --kaio-fallback-threads=N  ServiceOptions::fallback_threads (default 4)
-  --kaio-submitter-cpu=N, --kaio-reaper-cpu=N   pin kaio's threads (default: not pinned)
-  --kaio-submit=inline|threads  the kaio engine's requesters submit and reap on their own thread
-                      when kaio's threads are idle (inline: RequesterOptions::inline_io, default)
-                      or hand every request to kaio's submitter and reaper threads (threads)
-  --kaio-wait=block|spin  requesters sleep in Requester::Wait (block, default) or spin on Poll()
-                      (thread-per-core style: no sleeping, one CPU busy per bench thread)
-  --pool-threads=N    threadpool engine workers (default threads*iodepth, at most 256)
-  --fio=PATH          the fio binary (default: fio from PATH)
-Output
-  --json              JSON on stdout instead of the table (progress and notes go to stderr)
-  --json-file=PATH    also write the JSON to PATH (the table still goes to stdout)
-  --progress=0|1      progress line on stderr (default: when stderr is a terminal)
-  --stall-timeout=DUR an engine with I/O in flight and no completion for this long is reported
-                      as stalled (default 10s)
 
 Columns: IOPS and MiB/s over the measured window; latency is submission to completion as the
 bench thread sees it; CPU/op is the whole process's getrusage(RUSAGE_SELF) user+system time over
 the window divided by the I/Os completed in it (so it includes kaio's submitter, reaper and pool
 threads, glibc's AIO threads and the thread pool's workers); csw/op is voluntary+involuntary
-context switches per I/O; "x kaio" columns are ratios against the kaio row.
-)";
+context switches per I/O; "x kaio" columns are ratios against the kaio row.)";
+
+// The value of `flag`, or of its alias if only that was given.
+template <typename T>
+absl::StatusOr<T> FlagOrAlias(const absl::Flag<T>& flag, const absl::Flag<T>& alias) {
+  if (Given(flag) && Given(alias)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", absl::GetFlagReflectionHandle(flag).Name(), " and --",
+                                                   absl::GetFlagReflectionHandle(alias).Name(),
+                                                   " are the same option: give one"));
+  }
+  return absl::GetFlag(Given(alias) ? alias : flag);
 }
 
-absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
-  Options o;
-  o.engines.assign(std::begin(kAllEngines), std::end(kAllEngines));
-  bool engines_given = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "-h" || arg == "--help" || arg == "help") {
-      std::fputs(Usage().c_str(), stdout);
-      std::exit(0);
+// The value of `flag`, which must be in [low, high] if given (a default may mean "decide for me").
+absl::Status IntFlag(const absl::Flag<int>& flag, int low, int high, int* out) {
+  *out = absl::GetFlag(flag);
+  return Given(flag) ? kaio_tools::InRange(flag, low, high) : absl::OkStatus();
+}
+
+absl::Status ParseEngines(const std::string& value, std::vector<std::string>* engines) {
+  engines->clear();
+  for (absl::string_view e : absl::StrSplit(value, ',', absl::SkipEmpty())) {
+    std::string engine = absl::AsciiStrToLower(e);
+    if (engine == "uring" || engine == "io-uring" || engine == "iouring") engine = "io_uring";
+    if (engine == "posix" || engine == "posix-aio") engine = "posixaio";
+    if (engine == "pool" || engine == "thread-pool") engine = "threadpool";
+    if (engine == "fio") engine = "fio-libaio";
+    if (engine == "all") {
+      engines->insert(engines->end(), std::begin(kAllEngines), std::end(kAllEngines));
+      continue;
     }
-    if (!absl::StartsWith(arg, "--")) {
-      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "' (options are --name=value; see --help)"));
+    bool known = absl::StartsWith(engine, "fio-") && engine.size() > 4;
+    for (const char* k : kAllEngines) known = known || engine == k;
+    if (!known) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--engines: unknown engine '", engine, "' (kaio, kaio-threads, libaio, posixaio, threadpool, io_uring, all, fio, fio-ENGINE)"));
     }
-    arg = arg.substr(2);
-    std::string name = arg, value;
-    bool has_value = false;
-    if (size_t eq = arg.find('='); eq != std::string::npos) {
-      name = arg.substr(0, eq);
-      value = arg.substr(eq + 1);
-      has_value = true;
-    }
-    std::replace(name.begin(), name.end(), '_', '-');
-    // Flags that may stand alone.
-    if (!has_value && (name == "json" || name == "buffered" || name == "direct" || name == "progress")) {
-      value = "1";
-      has_value = true;
-    }
-    if (!has_value) {
-      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
-      value = argv[++i];
-    }
-    if (name == "rw" || name == "readwrite") {
-      std::string v = absl::AsciiStrToLower(value);
-      if (v == "randread") o.pattern = Pattern::kRandRead;
-      else if (v == "randwrite") o.pattern = Pattern::kRandWrite;
-      else if (v == "read") o.pattern = Pattern::kRead;
-      else if (v == "write") o.pattern = Pattern::kWrite;
-      else if (v == "randrw") o.pattern = Pattern::kRandRW;
-      else if (v == "readwrite" || v == "rw") { o.pattern = Pattern::kReadWrite; v = "readwrite"; }
-      else return absl::InvalidArgumentError(absl::StrCat("--rw=", value, ": expected randread, randwrite, read, write, randrw or readwrite"));
-      o.rw = v;
-    } else if (name == "bs") {
-      absl::StatusOr<uint64_t> v = ParseSize(value);
-      if (!v.ok()) return v.status();
-      if (*v == 0 || *v > (uint64_t{64} << 20)) return absl::InvalidArgumentError("--bs must be in (0, 64m]");
-      o.bs = static_cast<uint32_t>(*v);
-    } else if (name == "iodepth") {
-      absl::StatusOr<int> v = ParseInt(name, value, 1, 65536);
-      if (!v.ok()) return v.status();
-      o.iodepth = *v;
-    } else if (name == "threads" || name == "numjobs") {
-      absl::StatusOr<int> v = ParseInt(name, value, 1, 1024);
-      if (!v.ok()) return v.status();
-      o.threads = *v;
-    } else if (name == "size") {
-      absl::StatusOr<uint64_t> v = ParseSize(value);
-      if (!v.ok()) return v.status();
-      o.size = *v;
-    } else if (name == "nrfiles") {
-      absl::StatusOr<int> v = ParseInt(name, value, 1, 4096);
-      if (!v.ok()) return v.status();
-      o.nrfiles = *v;
-    } else if (name == "direct") {
-      absl::StatusOr<bool> v = ParseBool(name, value);
-      if (!v.ok()) return v.status();
-      o.direct = *v;
-    } else if (name == "buffered") {
-      absl::StatusOr<bool> v = ParseBool(name, value);
-      if (!v.ok()) return v.status();
-      o.direct = !*v;
-    } else if (name == "cache") {
-      if (value == "warm") o.cache_warm = true;
-      else if (value == "cold") o.cache_warm = false;
-      else return absl::InvalidArgumentError("--cache: expected warm or cold");
-    } else if (name == "rwmixread") {
-      absl::StatusOr<int> v = ParseInt(name, value, 0, 100);
-      if (!v.ok()) return v.status();
-      o.rwmixread = *v;
-    } else if (name == "runtime") {
-      absl::StatusOr<double> v = ParseSeconds(value);
-      if (!v.ok()) return v.status();
-      o.runtime_s = *v;
-    } else if (name == "ramp" || name == "ramp-time") {
-      absl::StatusOr<double> v = ParseSeconds(value);
-      if (!v.ok()) return v.status();
-      o.ramp_s = *v;
-    } else if (name == "ops") {
-      absl::StatusOr<uint64_t> v = ParseCount(value);
-      if (!v.ok()) return v.status();
-      o.ops = *v;
-    } else if (name == "rounds") {
-      absl::StatusOr<int> v = ParseInt(name, value, 1, 1000);
-      if (!v.ok()) return v.status();
-      o.rounds = *v;
-    } else if (name == "filename") {
-      o.filenames = absl::StrSplit(value, ':', absl::SkipEmpty());
-    } else if (name == "directory") {
-      o.directory = value;
-    } else if (name == "seed") {
-      absl::StatusOr<uint64_t> v = ParseCount(value);
-      if (!v.ok()) return v.status();
-      o.seed = *v;
-    } else if (name == "engines" || name == "engine") {
-      engines_given = true;
-      o.engines.clear();
-      for (absl::string_view e : absl::StrSplit(value, ',', absl::SkipEmpty())) {
-        std::string engine = absl::AsciiStrToLower(e);
-        if (engine == "uring" || engine == "io-uring" || engine == "iouring") engine = "io_uring";
-        if (engine == "posix" || engine == "posix-aio") engine = "posixaio";
-        if (engine == "pool" || engine == "thread-pool") engine = "threadpool";
-        if (engine == "fio") engine = "fio-libaio";
-        if (engine == "all") {
-          o.engines.insert(o.engines.end(), std::begin(kAllEngines), std::end(kAllEngines));
-          continue;
-        }
-        bool known = absl::StartsWith(engine, "fio-") && engine.size() > 4;
-        for (const char* k : kAllEngines) known = known || engine == k;
-        if (!known) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "--engines: unknown engine '", engine, "' (kaio, kaio-threads, libaio, posixaio, threadpool, io_uring, all, fio, fio-ENGINE)"));
-        }
-        o.engines.push_back(engine);
-      }
-      // Keep the first occurrence of each.
-      std::vector<std::string> unique;
-      for (const std::string& e : o.engines) {
-        if (std::find(unique.begin(), unique.end(), e) == unique.end()) unique.push_back(e);
-      }
-      o.engines = unique;
-      if (o.engines.empty()) return absl::InvalidArgumentError("--engines: no engine named");
-    } else if (name == "json") {
-      absl::StatusOr<bool> v = ParseBool(name, value);
-      if (!v.ok()) return v.status();
-      o.json = *v;
-    } else if (name == "json-file") {
-      o.json_file = value;
-    } else if (name == "progress") {
-      absl::StatusOr<bool> v = ParseBool(name, value);
-      if (!v.ok()) return v.status();
-      o.progress = *v ? 1 : 0;
-    } else if (name == "stall-timeout") {
-      absl::StatusOr<double> v = ParseSeconds(value);
-      if (!v.ok()) return v.status();
-      if (*v <= 0) return absl::InvalidArgumentError("--stall-timeout must be positive");
-      o.stall_timeout_s = *v;
-    } else if (name == "kaio-queue-depth") {
-      absl::StatusOr<int> v = ParseInt(name, value, 1, 1 << 20);
-      if (!v.ok()) return v.status();
-      o.kaio_queue_depth = *v;
-    } else if (name == "kaio-device-chunk") {
-      absl::StatusOr<int> v = ParseInt(name, value, 1, 1 << 16);
-      if (!v.ok()) return v.status();
-      o.kaio_device_chunk = *v;
-    } else if (name == "kaio-submit-batch") {
-      absl::StatusOr<int> v = ParseInt(name, value, 1, 1 << 16);
-      if (!v.ok()) return v.status();
-      o.kaio_submit_batch = *v;
-    } else if (name == "kaio-reap-batch") {
-      absl::StatusOr<int> v = ParseInt(name, value, 1, 1 << 16);
-      if (!v.ok()) return v.status();
-      o.kaio_reap_batch = *v;
-    } else if (name == "kaio-fallback-threads") {
-      absl::StatusOr<int> v = ParseInt(name, value, 0, 1024);
-      if (!v.ok()) return v.status();
-      o.kaio_fallback_threads = *v;
-    } else if (name == "kaio-submitter-cpu") {
-      absl::StatusOr<int> v = ParseInt(name, value, -1, 4095);
-      if (!v.ok()) return v.status();
-      o.kaio_submitter_cpu = *v;
-    } else if (name == "kaio-reaper-cpu") {
-      absl::StatusOr<int> v = ParseInt(name, value, -1, 4095);
-      if (!v.ok()) return v.status();
-      o.kaio_reaper_cpu = *v;
-    } else if (name == "kaio-submit") {
-      if (value == "inline") o.kaio_inline = true;
-      else if (value == "threads") o.kaio_inline = false;
-      else return absl::InvalidArgumentError("--kaio-submit: expected inline or threads");
-    } else if (name == "kaio-wait") {
-      if (value == "block") o.kaio_spin = false;
-      else if (value == "spin") o.kaio_spin = true;
-      else return absl::InvalidArgumentError("--kaio-wait: expected block or spin");
-    } else if (name == "pool-threads") {
-      absl::StatusOr<int> v = ParseInt(name, value, 1, 4096);
-      if (!v.ok()) return v.status();
-      o.pool_threads = *v;
-    } else if (name == "fio") {
-      o.fio = value;
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("unknown option --", name, " (see --help)"));
-    }
+    engines->push_back(engine);
   }
-  (void)engines_given;
+  // Keep the first occurrence of each.
+  std::vector<std::string> unique;
+  for (const std::string& e : *engines) {
+    if (std::find(unique.begin(), unique.end(), e) == unique.end()) unique.push_back(e);
+  }
+  *engines = unique;
+  if (engines->empty()) return absl::InvalidArgumentError("--engines: no engine named");
+  return absl::OkStatus();
+}
+
+absl::Status FromFlags(Options& o) {
+  absl::StatusOr<std::string> rw = FlagOrAlias(FLAGS_rw, FLAGS_readwrite);
+  if (!rw.ok()) return rw.status();
+  std::string v = absl::AsciiStrToLower(*rw);
+  if (v == "randread") o.pattern = Pattern::kRandRead;
+  else if (v == "randwrite") o.pattern = Pattern::kRandWrite;
+  else if (v == "read") o.pattern = Pattern::kRead;
+  else if (v == "write") o.pattern = Pattern::kWrite;
+  else if (v == "randrw") o.pattern = Pattern::kRandRW;
+  else if (v == "readwrite" || v == "rw") { o.pattern = Pattern::kReadWrite; v = "readwrite"; }
+  else return absl::InvalidArgumentError(absl::StrCat("--rw=", *rw, ": expected randread, randwrite, read, write, randrw or readwrite"));
+  o.rw = v;
+
+  uint64_t bs = absl::GetFlag(FLAGS_bs).bytes;
+  if (bs == 0 || bs > (uint64_t{64} << 20)) return absl::InvalidArgumentError("--bs must be in (0, 64m]");
+  o.bs = static_cast<uint32_t>(bs);
+  o.size = absl::GetFlag(FLAGS_size).bytes;
+  if (absl::StatusOr<int> threads = FlagOrAlias(FLAGS_threads, FLAGS_numjobs); !threads.ok()) return threads.status();
+  for (absl::Status s : {IntFlag(FLAGS_iodepth, 1, 65536, &o.iodepth),
+                         IntFlag(Given(FLAGS_numjobs) ? FLAGS_numjobs : FLAGS_threads, 1, 1024, &o.threads),
+                         IntFlag(FLAGS_nrfiles, 1, 4096, &o.nrfiles),
+                         IntFlag(FLAGS_rwmixread, 0, 100, &o.rwmixread),
+                         IntFlag(FLAGS_rounds, 1, 1000, &o.rounds),
+                         IntFlag(FLAGS_kaio_queue_depth, 1, 1 << 20, &o.kaio_queue_depth),
+                         IntFlag(FLAGS_kaio_device_chunk, 1, 1 << 16, &o.kaio_device_chunk),
+                         IntFlag(FLAGS_kaio_submit_batch, 1, 1 << 16, &o.kaio_submit_batch),
+                         IntFlag(FLAGS_kaio_reap_batch, 1, 1 << 16, &o.kaio_reap_batch),
+                         IntFlag(FLAGS_kaio_fallback_threads, 0, 1024, &o.kaio_fallback_threads),
+                         IntFlag(FLAGS_kaio_submitter_cpu, -1, 4095, &o.kaio_submitter_cpu),
+                         IntFlag(FLAGS_kaio_reaper_cpu, -1, 4095, &o.kaio_reaper_cpu),
+                         IntFlag(FLAGS_pool_threads, 1, 4096, &o.pool_threads)}) {
+    if (!s.ok()) return s;
+  }
+
+  // --buffered is --direct=0: both given must agree.
+  o.direct = absl::GetFlag(FLAGS_direct);
+  if (Given(FLAGS_buffered)) {
+    if (Given(FLAGS_direct) && o.direct == absl::GetFlag(FLAGS_buffered)) {
+      return absl::InvalidArgumentError("--direct and --buffered contradict each other: give one");
+    }
+    o.direct = !absl::GetFlag(FLAGS_buffered);
+  }
+  const std::string cache = absl::GetFlag(FLAGS_cache);
+  if (cache == "warm") o.cache_warm = true;
+  else if (cache == "cold") o.cache_warm = false;
+  else return absl::InvalidArgumentError("--cache: expected warm or cold");
+
+  o.runtime_s = absl::GetFlag(FLAGS_runtime).seconds;
+  absl::StatusOr<Seconds> ramp = FlagOrAlias(FLAGS_ramp, FLAGS_ramp_time);
+  if (!ramp.ok()) return ramp.status();
+  o.ramp_s = ramp->seconds;
+  o.ops = absl::GetFlag(FLAGS_ops).value;
+  o.seed = absl::GetFlag(FLAGS_seed).value;
+  o.filenames = absl::StrSplit(absl::GetFlag(FLAGS_filename), ':', absl::SkipEmpty());
+  o.directory = absl::GetFlag(FLAGS_directory);
+  absl::StatusOr<std::string> engines = FlagOrAlias(FLAGS_engines, FLAGS_engine);
+  if (!engines.ok()) return engines.status();
+  if (absl::Status s = ParseEngines(*engines, &o.engines); !s.ok()) return s;
+  o.json = absl::GetFlag(FLAGS_json);
+  o.json_file = absl::GetFlag(FLAGS_json_file);
+  if (Given(FLAGS_progress)) o.progress = absl::GetFlag(FLAGS_progress) ? 1 : 0;
+  o.stall_timeout_s = absl::GetFlag(FLAGS_stall_timeout).seconds;
+  if (o.stall_timeout_s <= 0) return absl::InvalidArgumentError("--stall-timeout must be positive");
+
+  const std::string submit = absl::GetFlag(FLAGS_kaio_submit);
+  if (submit == "inline") o.kaio_inline = true;
+  else if (submit == "threads") o.kaio_inline = false;
+  else return absl::InvalidArgumentError("--kaio-submit: expected inline or threads");
+  const std::string wait = absl::GetFlag(FLAGS_kaio_wait);
+  if (wait == "block") o.kaio_spin = false;
+  else if (wait == "spin") o.kaio_spin = true;
+  else return absl::InvalidArgumentError("--kaio-wait: expected block or spin");
+  o.fio = absl::GetFlag(FLAGS_fio);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
+  // "kaio_bench help" has always been --help.
+  std::vector<char*> args(argv, argv + argc);
+  for (char*& a : args) {
+    if (std::strcmp(a, "help") == 0) a = const_cast<char*>("--help");
+  }
+  args.push_back(nullptr);
+  std::vector<std::string> positional = kaio_tools::ParseCommandLine(argc, args.data(), kUsage);
+  if (!positional.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unexpected argument '", positional[0], "' (options are --name=value; see --help)"));
+  }
+  Options o;
+  if (absl::Status s = FromFlags(o); !s.ok()) return s;
   if (o.size < o.bs) {
     return absl::InvalidArgumentError(absl::StrCat("--size (", o.size, ") is smaller than --bs (", o.bs, ")"));
   }

@@ -9,8 +9,6 @@
 #ifndef KAIO_TOOLS_BENCH_H_
 #define KAIO_TOOLS_BENCH_H_
 
-#include <time.h>
-
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -20,14 +18,12 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "tools/clock.h"
 
 namespace kaio_bench {
 
-inline int64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
+using kaio_tools::NowNs;
 
 // ---------------------------------------------------------------- options
 
@@ -77,13 +73,24 @@ struct Options {
   bool is_mixed() const { return pattern == Pattern::kReadWrite || pattern == Pattern::kRandRW; }
 };
 
-// Parses argv; prints usage and exits on --help. Errors are INVALID_ARGUMENT with the reason.
+// Parses argv with absl flags (the flags are defined in bench.cc; sizes are kaio_tools::Size). Prints
+// the usage and exits on --help, and exits 2 on a flag absl cannot parse; the other errors are
+// INVALID_ARGUMENT with the reason.
 absl::StatusOr<Options> ParseOptions(int argc, char** argv);
-std::string Usage();
-// "4k" -> 4096, "1g" -> 2^30 (binary units, like fio).
-absl::StatusOr<uint64_t> ParseSize(const std::string& text);
-// "5" or "5s" -> 5, "500ms" -> 0.5, "2m" -> 120.
-absl::StatusOr<double> ParseSeconds(const std::string& text);
+
+// Flag types of kaio_bench's own. A duration: "5" or "5s" -> 5, "500ms" -> 0.5, "2m" -> 120.
+struct Seconds {
+  double seconds = 0;
+};
+absl::StatusOr<double> ParseSeconds(absl::string_view text);
+bool AbslParseFlag(absl::string_view text, Seconds* out, std::string* error);
+std::string AbslUnparseFlag(Seconds s);
+// A count in decimal units: "100000", "100k", "1m".
+struct Count {
+  uint64_t value = 0;
+};
+bool AbslParseFlag(absl::string_view text, Count* out, std::string* error);
+std::string AbslUnparseFlag(Count c);
 
 // ---------------------------------------------------------------- latency histogram
 

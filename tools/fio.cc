@@ -16,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
-#include "tools/json.h"
+#include "nlohmann/json.hpp"
 #include "tools/run.h"
 
 extern char** environ;
@@ -26,8 +26,25 @@ namespace {
 
 std::string Ms(double seconds) { return absl::StrCat(static_cast<int64_t>(std::llround(seconds * 1000)), "ms"); }
 
-double Percentile(const JsonValue& lat, const char* key) {
-  return lat["percentile"][key].number() / 1000.0;  // ns -> us
+using Json = nlohmann::json;
+
+const Json& Null() {
+  static const Json* const null = new Json();
+  return *null;
+}
+
+// Member `key` of `j`, or null when `j` is not an object or lacks it (so lookups chain).
+const Json& At(const Json& j, const char* key) {
+  if (!j.is_object()) return Null();
+  auto it = j.find(key);
+  return it == j.end() ? Null() : *it;
+}
+
+// A number, or 0 when `j` is something else (fio leaves out what a run did not do).
+double Num(const Json& j) { return j.is_number() ? j.get<double>() : 0; }
+
+double Percentile(const Json& lat, const char* key) {
+  return Num(At(At(lat, "percentile"), key)) / 1000.0;  // ns -> us
 }
 
 }  // namespace
@@ -134,29 +151,31 @@ EngineResult RunFio(const Options& o, const std::vector<BenchFile>& files, const
     r.error = "fio wrote no JSON";
     return r;
   }
-  absl::StatusOr<JsonValue> json = JsonValue::Parse(doc.substr(brace));
-  if (!json.ok()) {
-    r.error = absl::StrCat("parsing fio's JSON: ", json.status().message());
+  // No exceptions: a document that does not parse is a discarded value.
+  const Json json = Json::parse(doc.substr(brace), nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) {
+    r.error = "parsing fio's JSON: not a JSON document";
     return r;
   }
-  const JsonValue& job = (*json)["jobs"][0];
-  const JsonValue& read = job["read"];
-  const JsonValue& write = job["write"];
-  double read_ios = read["total_ios"].number(), write_ios = write["total_ios"].number();
-  double runtime_ms = std::max(read["runtime"].number(), write["runtime"].number());
+  const Json& jobs = At(json, "jobs");
+  const Json& job = jobs.is_array() && !jobs.empty() ? jobs[0] : Null();
+  const Json& read = At(job, "read");
+  const Json& write = At(job, "write");
+  double read_ios = Num(At(read, "total_ios")), write_ios = Num(At(write, "total_ios"));
+  double runtime_ms = std::max(Num(At(read, "runtime")), Num(At(write, "runtime")));
   r.ops = static_cast<uint64_t>(read_ios + write_ios);
   r.writes = static_cast<uint64_t>(write_ios);
-  r.bytes = static_cast<uint64_t>(read["io_bytes"].number() + write["io_bytes"].number());
+  r.bytes = static_cast<uint64_t>(Num(At(read, "io_bytes")) + Num(At(write, "io_bytes")));
   // fio's IOPS (summed over directions); the window is whatever makes ops / seconds equal to it.
-  double iops = read["iops"].number() + write["iops"].number();
+  double iops = Num(At(read, "iops")) + Num(At(write, "iops"));
   r.seconds = iops > 0 ? static_cast<double>(r.ops) / iops : runtime_ms / 1000.0;
-  const JsonValue& lat = read_ios >= write_ios ? read["lat_ns"] : write["lat_ns"];
+  const Json& lat = At(read_ios >= write_ios ? read : write, "lat_ns");
   r.p50_us = Percentile(lat, "50.000000");
   r.p90_us = Percentile(lat, "90.000000");
   r.p99_us = Percentile(lat, "99.000000");
   r.p999_us = Percentile(lat, "99.900000");
-  r.mean_us = lat["mean"].number() / 1000.0;
-  r.max_us = lat["max"].number() / 1000.0;
+  r.mean_us = Num(At(lat, "mean")) / 1000.0;
+  r.max_us = Num(At(lat, "max")) / 1000.0;
   // CPU: the whole fio process (getrusage RUSAGE_CHILDREN), as for the other engines; fio's own
   // usr_cpu/sys_cpu come from its job threads only and miss helper threads (glibc's AIO threads),
   // so they are kept as counters. The whole-process figure includes fio's start-up and the ramp:
@@ -173,15 +192,15 @@ EngineResult RunFio(const Options& o, const std::vector<BenchFile>& files, const
   double job_runtime_s = runtime_ms / 1000.0;
   if (r.ops > 0) {
     r.counters.push_back({"fio_job_threads_cpu_us_per_op",
-                          (job["usr_cpu"].number() + job["sys_cpu"].number()) / 100.0 * job_runtime_s * 1e6 /
+                          (Num(At(job, "usr_cpu")) + Num(At(job, "sys_cpu"))) / 100.0 * job_runtime_s * 1e6 /
                               static_cast<double>(r.ops)});
   }
-  r.counters.push_back({"fio_job_usr_cpu_pct", job["usr_cpu"].number()});
-  r.counters.push_back({"fio_job_sys_cpu_pct", job["sys_cpu"].number()});
-  r.counters.push_back({"fio_job_ctx", job["ctx"].number()});
+  r.counters.push_back({"fio_job_usr_cpu_pct", Num(At(job, "usr_cpu"))});
+  r.counters.push_back({"fio_job_sys_cpu_pct", Num(At(job, "sys_cpu"))});
+  r.counters.push_back({"fio_job_ctx", Num(At(job, "ctx"))});
   r.ok = r.ops > 0;
   if (!r.ok) r.error = "fio completed no I/O";
-  if (job["error"].number() != 0) r.error = absl::StrCat("fio job error ", job["error"].number());
+  if (Num(At(job, "error")) != 0) r.error = absl::StrCat("fio job error ", Num(At(job, "error")));
   return r;
 }
 

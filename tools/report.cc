@@ -1,28 +1,20 @@
 #include "tools/report.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
+#include "absl/flags/marshalling.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "tools/json.h"
+#include "nlohmann/json.hpp"
+#include "tools/size_flag.h"
 
 namespace kaio_bench {
 namespace {
-
-std::string HumanSize(uint64_t bytes) {
-  const char* units[] = {"", "k", "m", "g", "t"};
-  int u = 0;
-  while (u < 4 && bytes >= 1024 && bytes % 1024 == 0) {
-    bytes /= 1024;
-    ++u;
-  }
-  return absl::StrCat(bytes, units[u]);
-}
-
-std::string Seconds(double s) { return absl::StrFormat("%gs", s); }
 
 std::string Iops(double v) {
   if (v >= 1e6) return absl::StrFormat("%.2fM", v / 1e6);
@@ -145,15 +137,15 @@ void MergeRound(EngineResult& into, const EngineResult& r) {
 }
 
 std::string DescribeWorkload(const Options& o) {
-  std::string s = absl::StrCat(o.rw, " bs=", HumanSize(o.bs), " iodepth=", o.iodepth, " threads=", o.threads,
+  std::string s = absl::StrCat(o.rw, " bs=", kaio_tools::FormatSize(o.bs), " iodepth=", o.iodepth, " threads=", o.threads,
                                " direct=", o.direct ? 1 : 0);
   if (!o.direct) absl::StrAppend(&s, " cache=", o.cache_warm ? "warm" : "cold");
   if (o.is_mixed()) absl::StrAppend(&s, " rwmixread=", o.rwmixread);
-  absl::StrAppend(&s, " size=", HumanSize(o.size), " nrfiles=", o.nrfiles);
+  absl::StrAppend(&s, " size=", kaio_tools::FormatSize(o.size), " nrfiles=", o.nrfiles);
   if (o.ops > 0) {
     absl::StrAppend(&s, " ops=", o.ops);
   } else {
-    absl::StrAppend(&s, " ramp=", Seconds(o.ramp_s), " runtime=", Seconds(o.runtime_s));
+    absl::StrAppend(&s, " ramp=", absl::UnparseFlag(Seconds{o.ramp_s}), " runtime=", absl::UnparseFlag(Seconds{o.runtime_s}));
   }
   absl::StrAppend(&s, " seed=", o.seed);
   if (o.rounds > 1) absl::StrAppend(&s, " rounds=", o.rounds);
@@ -236,102 +228,101 @@ void PrintTable(const Options& o, const Environment& env, const std::vector<Engi
 }
 
 std::string ToJson(const Options& o, const Environment& env, const std::vector<EngineResult>& results) {
-  JsonWriter w;
-  w.BeginObject();
-  w.String("tool", "kaio_bench");
-  w.String("workload", DescribeWorkload(o));
-  w.BeginObject("config");
-  w.String("rw", o.rw);
-  w.Integer("bs", o.bs);
-  w.Integer("iodepth", o.iodepth);
-  w.Integer("threads", o.threads);
-  w.Bool("direct", o.direct);
-  w.String("cache", o.cache_warm ? "warm" : "cold");
-  w.Integer("rwmixread", o.rwmixread);
-  w.Integer("size", static_cast<int64_t>(o.size));
-  w.Integer("nrfiles", o.nrfiles);
-  w.Number("ramp_s", o.ramp_s);
-  w.Number("runtime_s", o.runtime_s);
-  w.Integer("ops", static_cast<int64_t>(o.ops));
-  w.Integer("seed", static_cast<int64_t>(o.seed));
-  w.Integer("rounds", o.rounds);
-  w.EndObject();
-  w.BeginObject("environment");
-  w.String("kernel", env.kernel);
-  w.Integer("cpus", env.cpus);
-  w.String("filesystem", env.filesystem);
-  w.Bool("temporary_files", env.temporary_files);
-  w.BeginArray("files");
-  for (const std::string& f : env.files) w.String("", f);
-  w.EndArray();
-  w.String("started_at", env.started_at);
-  w.EndObject();
+  // ordered_json keeps the keys in the order written here (nlohmann::json would sort them).
+  using Json = nlohmann::ordered_json;
+  // Doubles with 10 significant digits (nlohmann would print all 17 a round trip needs: 2.0003612210000004
+  // for 2.000361221), and null for a value that is not finite.
+  auto number = [](double v) {
+    return std::isfinite(v) ? Json(std::strtod(absl::StrFormat("%.10g", v).c_str(), nullptr)) : Json(nullptr);
+  };
+  auto numbers = [&](const std::vector<double>& values) {
+    Json a = Json::array();
+    for (double v : values) a.push_back(number(v));
+    return a;
+  };
+  Json doc;
+  doc["tool"] = "kaio_bench";
+  doc["workload"] = DescribeWorkload(o);
+  doc["config"] = {
+      {"rw", o.rw},
+      {"bs", o.bs},
+      {"iodepth", o.iodepth},
+      {"threads", o.threads},
+      {"direct", o.direct},
+      {"cache", o.cache_warm ? "warm" : "cold"},
+      {"rwmixread", o.rwmixread},
+      {"size", o.size},
+      {"nrfiles", o.nrfiles},
+      {"ramp_s", number(o.ramp_s)},
+      {"runtime_s", number(o.runtime_s)},
+      {"ops", o.ops},
+      {"seed", o.seed},
+      {"rounds", o.rounds},
+  };
+  doc["environment"] = {
+      {"kernel", env.kernel},
+      {"cpus", env.cpus},
+      {"filesystem", env.filesystem},
+      {"temporary_files", env.temporary_files},
+      {"files", env.files},
+      {"started_at", env.started_at},
+  };
   const EngineResult* base = Baseline(results);
-  w.BeginArray("engines");
+  Json engines = Json::array();
   for (const EngineResult& r : results) {
-    w.BeginObject();
-    w.String("engine", r.engine);
-    w.String("description", r.description);
-    w.Bool("ok", r.ok);
-    w.Bool("interrupted", r.interrupted);
-    if (!r.error.empty()) w.String("error", r.error);
-    w.Number("seconds", r.seconds);
-    w.Integer("ops", static_cast<int64_t>(r.ops));
-    w.Integer("bytes", static_cast<int64_t>(r.bytes));
-    w.Integer("writes", static_cast<int64_t>(r.writes));
-    w.Number("iops", r.iops());
-    w.Number("mib_per_s", r.mib_s());
-    w.BeginObject("latency_us");
-    w.Number("p50", r.p50_us);
-    w.Number("p90", r.p90_us);
-    w.Number("p99", r.p99_us);
-    w.Number("p99.9", r.p999_us);
-    w.Number("mean", r.mean_us);
-    w.Number("max", r.max_us);
-    w.EndObject();
-    w.BeginObject("cpu");
-    w.String("source", r.cpu_source);
-    w.Number("user_s", r.user_s);
-    w.Number("sys_s", r.sys_s);
-    w.Number("us_per_op", r.cpu_us_per_op());
-    w.Integer("voluntary_csw", static_cast<int64_t>(r.voluntary_csw));
-    w.Integer("involuntary_csw", static_cast<int64_t>(r.involuntary_csw));
-    w.Number("csw_per_op", r.csw_per_op());
-    w.EndObject();
+    Json e;
+    e["engine"] = r.engine;
+    e["description"] = r.description;
+    e["ok"] = r.ok;
+    e["interrupted"] = r.interrupted;
+    if (!r.error.empty()) e["error"] = r.error;
+    e["seconds"] = number(r.seconds);
+    e["ops"] = r.ops;
+    e["bytes"] = r.bytes;
+    e["writes"] = r.writes;
+    e["iops"] = number(r.iops());
+    e["mib_per_s"] = number(r.mib_s());
+    e["latency_us"] = {
+        {"p50", number(r.p50_us)},   {"p90", number(r.p90_us)},   {"p99", number(r.p99_us)},
+        {"p99.9", number(r.p999_us)}, {"mean", number(r.mean_us)}, {"max", number(r.max_us)},
+    };
+    e["cpu"] = {
+        {"source", r.cpu_source},
+        {"user_s", number(r.user_s)},
+        {"sys_s", number(r.sys_s)},
+        {"us_per_op", number(r.cpu_us_per_op())},
+        {"voluntary_csw", r.voluntary_csw},
+        {"involuntary_csw", r.involuntary_csw},
+        {"csw_per_op", number(r.csw_per_op())},
+    };
     if (r.round_iops.size() > 1) {
-      w.BeginArray("round_iops");
-      for (double v : r.round_iops) w.Number("", v);
-      w.EndArray();
-      w.BeginArray("round_cpu_us_per_op");
-      for (double v : r.round_cpu_per_op) w.Number("", v);
-      w.EndArray();
+      e["round_iops"] = numbers(r.round_iops);
+      e["round_cpu_us_per_op"] = numbers(r.round_cpu_per_op);
       std::vector<double> ratios = PairedRatios(r, base);
       if (!ratios.empty()) {
-        w.BeginArray("round_iops_vs_kaio");
-        for (double v : ratios) w.Number("", v);
-        w.EndArray();
-        w.Number("median_round_iops_vs_kaio", Median(ratios));
+        e["round_iops_vs_kaio"] = numbers(ratios);
+        e["median_round_iops_vs_kaio"] = number(Median(ratios));
       }
     }
-    w.Integer("io_errors", static_cast<int64_t>(r.io_errors));
-    if (!r.first_io_error.empty()) w.String("first_io_error", r.first_io_error);
-    w.Integer("short_ios", static_cast<int64_t>(r.short_ios));
+    e["io_errors"] = r.io_errors;
+    if (!r.first_io_error.empty()) e["first_io_error"] = r.first_io_error;
+    e["short_ios"] = r.short_ios;
     if (base != nullptr && r.ok && r.ops > 0) {
-      w.BeginObject("vs_kaio");
-      w.Number("iops", r.iops() / base->iops());
-      w.Number("cpu_per_op", base->cpu_us_per_op() > 0 ? r.cpu_us_per_op() / base->cpu_us_per_op() : 0);
-      w.EndObject();
+      e["vs_kaio"] = {
+          {"iops", number(r.iops() / base->iops())},
+          {"cpu_per_op", number(base->cpu_us_per_op() > 0 ? r.cpu_us_per_op() / base->cpu_us_per_op() : 0)},
+      };
     }
     if (!r.counters.empty()) {
-      w.BeginObject("counters");
-      for (const auto& [name, value] : r.counters) w.Number(name, value);
-      w.EndObject();
+      Json counters = Json::object();
+      for (const auto& [name, value] : r.counters) counters[name] = number(value);
+      e["counters"] = std::move(counters);
     }
-    w.EndObject();
+    engines.push_back(std::move(e));
   }
-  w.EndArray();
-  w.EndObject();
-  return w.text();
+  doc["engines"] = std::move(engines);
+  // Invalid UTF-8 (a file name, an error text) is replaced, not thrown on.
+  return doc.dump(2, ' ', false, Json::error_handler_t::replace) + "\n";
 }
 
 }  // namespace kaio_bench
