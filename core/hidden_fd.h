@@ -58,6 +58,10 @@ class HiddenFd {
   ino_t ino_ = 0;
 };
 
+// core::DupOutOfTheWay, never on a number a HiddenFd believes it holds (a lost one the program
+// closed): there kaio's own threads would read and write the duplicate as their eventfd.
+int DupBesideHidden(int fd);
+
 // How long a kaio thread waits on a HiddenFd before it looks whether the program took it.
 inline constexpr int kIdleLookMs = 1000;
 

@@ -388,7 +388,7 @@ bool StreamLanes::ArmLocked(int fd, Direction dir, Lane& lane) {
 }
 
 void StreamLanes::HoldFileLocked(Lane& lane, int fd) {
-  lane.held = core::DupOutOfTheWay(fd);
+  lane.held = core::DupBesideHidden(fd);
   struct stat st;
   if (lane.held >= 0 && fstat(lane.held, &st) == 0) {
     lane.held_dev = st.st_dev;
