@@ -29,6 +29,7 @@
 #include "kaio/service.h"
 #include "runtime/engine.h"
 #include "tests/fault_syscalls.h"
+#include "tests/test_fixture.h"
 #include "tests/test_util.h"
 
 namespace kaio {
@@ -36,29 +37,12 @@ namespace {
 
 using ::kaio::testing::AlignedBuffer;
 using ::kaio::testing::FaultSyscalls;
+using ::kaio::testing::kBlock;
+using ::kaio::testing::kDeadline;
+using ::kaio::testing::NewRequester;
+using ::kaio::testing::NewService;
 using ::kaio::testing::TempFile;
 using ::kaio::testing::WaitUntil;
-
-constexpr size_t kBlock = 4096;
-constexpr absl::Duration kDeadline = absl::Seconds(20);
-
-std::unique_ptr<Service> NewService(FaultSyscalls& sys, ServiceOptions options = {}) {
-  auto service = Service::CreateWithSyscalls(options, &sys);
-  if (!service.ok()) {
-    ADD_FAILURE() << service.status();
-    return nullptr;
-  }
-  return *std::move(service);
-}
-
-std::unique_ptr<Requester> NewRequester(Service& service) {
-  auto requester = Requester::Create(service);
-  if (!requester.ok()) {
-    ADD_FAILURE() << requester.status();
-    return nullptr;
-  }
-  return *std::move(requester);
-}
 
 // n O_DIRECT block reads of `file` into `bufs`, tagged 0..n-1, sent to the kernel as one batch: the
 // submitter is held at io_submit's gate until all are queued (the first one is its own batch, which
@@ -97,6 +81,7 @@ std::vector<Completion> CollectReads(Requester& requester, std::vector<AlignedBu
 // ---------------------------------------------------------------- io_submit
 
 TEST(FaultSubmit, EagainIsRetriedUntilTheKernelTakesTheBatch) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   auto service = NewService(sys);
   auto requester = NewRequester(*service);
@@ -117,6 +102,7 @@ TEST(FaultSubmit, EagainIsRetriedUntilTheKernelTakesTheBatch) {
 // The kernel keeps refusing and nothing of ours is in flight (another user holds the AIO queue): the
 // batch is moved to the blocking pool instead of spinning forever.
 TEST(FaultSubmit, PersistentEagainWithNothingInFlightMovesTheBatchToThePool) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   auto service = NewService(sys);
   auto requester = NewRequester(*service);
@@ -135,6 +121,7 @@ TEST(FaultSubmit, PersistentEagainWithNothingInFlightMovesTheBatchToThePool) {
 
 // Without a pool there is nowhere else to run them: each request fails with EAGAIN, a clear error.
 TEST(FaultSubmit, PersistentEagainWithoutAPoolFailsEachRequestWithEagain) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   ServiceOptions options;
   options.fallback_threads = 0;
@@ -151,6 +138,7 @@ TEST(FaultSubmit, PersistentEagainWithoutAPoolFailsEachRequestWithEagain) {
 }
 
 TEST(FaultSubmit, EintrIsRetried) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   auto service = NewService(sys);
   auto requester = NewRequester(*service);
@@ -167,6 +155,7 @@ TEST(FaultSubmit, EintrIsRetried) {
 
 // io_submit takes only part of the batch, several times over: the rest goes in later calls.
 TEST(FaultSubmit, PartialCountSubmitsTheRestInLaterCalls) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   auto service = NewService(sys);
   auto requester = NewRequester(*service);
@@ -186,6 +175,7 @@ TEST(FaultSubmit, PartialCountSubmitsTheRestInLaterCalls) {
 // The kernel refuses one iocb in the middle of a batch (bad fd): it takes the ones before it, fails
 // that one with -EBADF on the next call, and takes the rest after. Only that request fails.
 TEST(FaultSubmit, EbadfOnOneRequestInTheMiddleOfABatchFailsOnlyThatRequest) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   auto service = NewService(sys);
   auto requester = NewRequester(*service);
@@ -217,6 +207,7 @@ TEST(FaultSubmit, EbadfOnOneRequestInTheMiddleOfABatchFailsOnlyThatRequest) {
 
 // Any other error for the first iocb fails that request with exactly that errno (not res2, not -ret).
 TEST(FaultSubmit, OtherErrorFailsTheFirstRequestWithThatErrno) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   auto service = NewService(sys);
   auto requester = NewRequester(*service);
@@ -244,6 +235,7 @@ TEST(FaultSubmit, OtherErrorFailsTheFirstRequestWithThatErrno) {
 // the pool. Whatever Cancel answers, the result must agree: kNotCanceled delivers the real result,
 // kCanceled delivers ECANCELED.
 TEST(FaultSubmit, CancelDuringEagainRetriesAgreesWithTheResult) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   auto service = NewService(sys);
   auto requester = NewRequester(*service);
@@ -269,6 +261,7 @@ TEST(FaultSubmit, CancelDuringEagainRetriesAgreesWithTheResult) {
 
 // Shutdown under a storm of refusals still waits for, and gets, every request.
 TEST(FaultSubmit, ShutdownDuringPersistentEagainCompletesEveryRequest) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   auto service = NewService(sys);
   auto requester = NewRequester(*service);
@@ -305,6 +298,7 @@ void ExpectEveryReadDespiteGeteventsErrors(FaultSyscalls& sys, int error, int fa
 }
 
 TEST(FaultGetevents, EintrIsRetried) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   ExpectEveryReadDespiteGeteventsErrors(sys, -EINTR, 5);
   EXPECT_GE(sys.injected.getevents_eintr.load(), 1u);
@@ -316,6 +310,7 @@ TEST(FaultGetevents, EintrIsRetried) {
 //
 // Regression (found by this test): all 4 completions were lost.
 TEST(FaultGetevents, OtherErrorsAreRetriedNotLeftInTheRing) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   ExpectEveryReadDespiteGeteventsErrors(sys, -EIO, 3);
   EXPECT_EQ(sys.injected.getevents_errors.load(), 3u);
@@ -329,6 +324,7 @@ TEST(FaultGetevents, OtherErrorsAreRetriedNotLeftInTheRing) {
 // reap_batch events and went back to sleep on the eventfd, whose count it had already consumed; the
 // events left in the ring were never reaped and their requesters waited forever (3 of 4 lost).
 TEST(FaultGetevents, FewerEventsThanReadyStillDeliversEveryCompletion) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   auto service = NewService(sys);
   auto requester = NewRequester(*service);
@@ -359,6 +355,7 @@ TEST(FaultGetevents, FewerEventsThanReadyStillDeliversEveryCompletion) {
 // ---------------------------------------------------------------- eventfd
 
 TEST(FaultEventfd, FailingReadsDoNotStopReaping) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   auto service = NewService(sys);
   auto requester = NewRequester(*service);
@@ -380,6 +377,7 @@ TEST(FaultEventfd, FailingReadsDoNotStopReaping) {
 // fs.aio-max-nr exhausted: io_setup fails with EAGAIN. The operator is told what to do, and the
 // requests run in the blocking pool meanwhile; once io_setup works again, the kernel path is back.
 TEST(FaultSetup, EagainRunsRequestsInThePoolAndSaysHowToFixIt) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   auto service = NewService(sys);
   auto requester = NewRequester(*service);
@@ -417,6 +415,7 @@ TEST(FaultSetup, EagainRunsRequestsInThePoolAndSaysHowToFixIt) {
 // (1,000 reads: 1,000 calls, 1,000 lines). Now io_setup backs off (100 ms, doubling to 10 s), the
 // operator is told once, and every request still completes through the pool.
 TEST(FaultSetup, PersistentEagainBacksOffAndSaysItOnce) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   auto service = NewService(sys);
   auto requester = NewRequester(*service);
@@ -448,6 +447,7 @@ TEST(FaultSetup, PersistentEagainBacksOffAndSaysItOnce) {
 // io_setup keeps failing: every request still completes, through the pool, with its real result
 // (writes included), and Shutdown returns.
 TEST(FaultSetup, PersistentEagainStillCompletesReadsAndWrites) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   auto service = NewService(sys);
   auto requester = NewRequester(*service);
@@ -486,9 +486,8 @@ TEST(ShutdownRace, SubmitRacingShutdownIsEitherRefusedOrWaitedFor) {
   TempFile file(kBlock);
   int violations = 0, rounds = 0;
   for (; rounds < 150 && violations == 0; ++rounds) {
-    auto created = Service::Create();
-    ASSERT_TRUE(created.ok());
-    std::unique_ptr<Service> service = *std::move(created);
+    std::unique_ptr<Service> service = NewService();
+    ASSERT_NE(service, nullptr);
     std::atomic<bool> shutdown_returned{false};
     std::atomic<int> bad{0}, ready{0};
     std::vector<std::thread> threads;
@@ -626,6 +625,7 @@ TEST(ShutdownRace, ARequestIoSubmitRefusedDoesNotStrandTheReaper) {
 // Random faults of every kind, many requests from several threads: every request is answered exactly
 // once, with its data or with the injected error.
 TEST(FaultMix, RandomFaultsLoseNoRequest) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   testing::RandomFaultRates rates;
   rates.submit_eagain = 50;

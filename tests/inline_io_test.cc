@@ -14,18 +14,23 @@
 #include "kaio/requester.h"
 #include "kaio/service.h"
 #include "tests/fault_syscalls.h"
+#include "tests/test_fixture.h"
 #include "tests/test_util.h"
 
 namespace kaio {
 namespace {
 
 using ::kaio::testing::AlignedBuffer;
+using ::kaio::testing::BlockBuffers;
+using ::kaio::testing::CacheInPageCache;
 using ::kaio::testing::FaultSyscalls;
+using ::kaio::testing::kBlock;
+using ::kaio::testing::kDeadline;
+using ::kaio::testing::NewInlineRequester;
+using ::kaio::testing::NewService;
+using ::kaio::testing::ReadBlocks;
 using ::kaio::testing::TempFile;
 using ::kaio::testing::WaitUntil;
-
-constexpr size_t kBlock = 4096;
-constexpr absl::Duration kDeadline = absl::Seconds(20);
 
 // Counts the io_submit calls made on one thread (the test's), through the real kernel.
 class ThreadCountingSyscalls : public FaultSyscalls {
@@ -42,56 +47,26 @@ class ThreadCountingSyscalls : public FaultSyscalls {
   std::atomic<int> watched_calls_{0};
 };
 
-std::unique_ptr<Requester> InlineRequester(Service& service) {
-  RequesterOptions options;
-  options.inline_io = true;
-  auto requester = Requester::Create(service, options);
-  if (!requester.ok()) {
-    ADD_FAILURE() << requester.status();
-    return nullptr;
-  }
-  return *std::move(requester);
-}
-
-// Reads `count` blocks starting at block `first` and checks every byte count and pattern.
-void ReadRound(Requester& requester, const TempFile& file, std::vector<AlignedBuffer>& bufs, int first, int count) {
-  for (int i = 0; i < count; ++i) {
-    auto t = requester.Read(file.fd(), bufs[i].data(), kBlock, static_cast<int64_t>(first + i) * kBlock, i);
-    ASSERT_TRUE(t.ok()) << t.status();
-  }
-  std::vector<Completion> done(static_cast<size_t>(count));
-  ASSERT_EQ(requester.Wait(absl::MakeSpan(done), done.size(), kDeadline), done.size());
-  for (const Completion& c : done) {
-    ASSERT_EQ(c.result, static_cast<int64_t>(kBlock)) << "tag " << c.tag;
-    const uint64_t base = (first + c.tag) * kBlock;
-    for (size_t b = 0; b < kBlock; b += 511) {
-      ASSERT_EQ(bufs[c.tag].data()[b], TempFile::PatternByte(base + b)) << "tag " << c.tag << " byte " << b;
-    }
-  }
-}
-
 TEST(InlineIo, ThePollingThreadSubmitsAndReapsCachedReadsItself) {
   ThreadCountingSyscalls sys;
   constexpr int kDepth = 32, kRounds = 20;
   ServiceOptions options;
   options.submit_batch = kDepth;  // a round fits one io_submit
-  auto service = Service::CreateWithSyscalls(options, &sys);
-  ASSERT_TRUE(service.ok());
-  auto requester = InlineRequester(**service);
+  auto service = NewService(sys, options);
+  ASSERT_NE(service, nullptr);
+  auto requester = NewInlineRequester(*service);
   TempFile file(kDepth * kRounds * kBlock);
-  std::vector<char> warm(kDepth * kRounds * kBlock);
-  ASSERT_EQ(pread(file.fd(), warm.data(), warm.size(), 0), static_cast<ssize_t>(warm.size()));  // cache it all
-  std::vector<AlignedBuffer> bufs;
-  for (int i = 0; i < kDepth; ++i) bufs.emplace_back(kBlock);
-  ReadRound(*requester, file, bufs, 0, kDepth);  // creates the io context (the submitter's job)
+  ASSERT_NO_FATAL_FAILURE(CacheInPageCache(file, kDepth * kRounds * kBlock));  // cache it all
+  std::vector<AlignedBuffer> bufs = BlockBuffers(kDepth);
+  ReadBlocks(*requester, file, bufs, 0, kDepth);  // creates the io context (the submitter's job)
   sys.Watch(std::this_thread::get_id());
-  ServiceStats before = (*service)->Stats();
+  ServiceStats before = service->Stats();
   int calls_before_last_rounds = 0;
   for (int round = 1; round < kRounds; ++round) {
     if (round == kRounds - 10) calls_before_last_rounds = sys.watched_calls();
-    ReadRound(*requester, file, bufs, round * kDepth, kDepth);
+    ReadBlocks(*requester, file, bufs, round * kDepth, kDepth);
   }
-  ServiceStats after = (*service)->Stats();
+  ServiceStats after = service->Stats();
   const uint64_t requests = (kRounds - 1) * kDepth;
   EXPECT_EQ(after.requests_completed - before.requests_completed, requests);
   EXPECT_EQ(after.requests_failed, 0u);
@@ -106,19 +81,19 @@ TEST(InlineIo, ThePollingThreadSubmitsAndReapsCachedReadsItself) {
 }
 
 TEST(InlineIo, DirectReadsFinishThroughTheReaperWhileTheRequesterSleeps) {
-  auto service = Service::Create({});
-  ASSERT_TRUE(service.ok());
-  auto requester = InlineRequester(**service);
+  KAIO_SKIP_UNLESS_O_DIRECT();
+  auto service = NewService();
+  ASSERT_NE(service, nullptr);
+  auto requester = NewInlineRequester(*service);
   TempFile file(64 * kBlock, O_DIRECT);
-  std::vector<AlignedBuffer> bufs;
-  for (int i = 0; i < 16; ++i) bufs.emplace_back(kBlock);
-  for (int round = 0; round < 4; ++round) ReadRound(*requester, file, bufs, round * 16, 16);
+  std::vector<AlignedBuffer> bufs = BlockBuffers(16);
+  for (int round = 0; round < 4; ++round) ReadBlocks(*requester, file, bufs, round * 16, 16);
 }
 
 TEST(InlineIo, WaitAllAndWaitAnyFlushWhatTheyWaitFor) {
-  auto service = Service::Create({});
-  ASSERT_TRUE(service.ok());
-  auto requester = InlineRequester(**service);
+  auto service = NewService();
+  ASSERT_NE(service, nullptr);
+  auto requester = NewInlineRequester(*service);
   TempFile file(8 * kBlock);
   std::vector<AlignedBuffer> bufs;
   for (int round = 0; round < 10; ++round) {
@@ -139,17 +114,16 @@ TEST(InlineIo, WaitAllAndWaitAnyFlushWhatTheyWaitFor) {
 
 // A requester that queued requests and never polls again must not hold up Shutdown.
 TEST(InlineIo, ShutdownSubmitsRequestsNeverFlushed) {
-  auto service = Service::Create({});
-  ASSERT_TRUE(service.ok());
-  auto requester = InlineRequester(**service);
+  auto service = NewService();
+  ASSERT_NE(service, nullptr);
+  auto requester = NewInlineRequester(*service);
   TempFile file(16 * kBlock);
-  std::vector<AlignedBuffer> bufs;
-  for (int i = 0; i < 16; ++i) bufs.emplace_back(kBlock);
-  ReadRound(*requester, file, bufs, 0, 16);  // the submitter has an io context and goes to sleep
+  std::vector<AlignedBuffer> bufs = BlockBuffers(16);
+  ReadBlocks(*requester, file, bufs, 0, 16);  // the submitter has an io context and goes to sleep
   for (int i = 0; i < 16; ++i) ASSERT_TRUE(requester->Read(file.fd(), bufs[i].data(), kBlock, i * kBlock).ok());
   std::atomic<bool> shut{false};
   std::thread stopper([&] {
-    (*service)->Shutdown();
+    service->Shutdown();
     shut = true;
   });
   EXPECT_TRUE(WaitUntil([&] { return shut.load(); })) << "Shutdown waited for a flush that never came";
@@ -162,19 +136,19 @@ TEST(InlineIo, ShutdownSubmitsRequestsNeverFlushed) {
 // io_submit says the kernel queue is full while the requester submits inline: the caller must not
 // wait for room, so the rest goes back to the queue for the submitter thread, and nothing is lost.
 TEST(InlineIo, AFullKernelQueueHandsTheRestToTheSubmitter) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
-  auto service = Service::CreateWithSyscalls({}, &sys);
-  ASSERT_TRUE(service.ok());
-  auto requester = InlineRequester(**service);
+  auto service = NewService(sys);
+  ASSERT_NE(service, nullptr);
+  auto requester = NewInlineRequester(*service);
   TempFile file(64 * kBlock, O_DIRECT);
-  std::vector<AlignedBuffer> bufs;
-  for (int i = 0; i < 16; ++i) bufs.emplace_back(kBlock);
-  ReadRound(*requester, file, bufs, 0, 16);
-  ServiceStats before = (*service)->Stats();
+  std::vector<AlignedBuffer> bufs = BlockBuffers(16);
+  ReadBlocks(*requester, file, bufs, 0, 16);
+  ServiceStats before = service->Stats();
   sys.submit_error = -EAGAIN;
   sys.submit_error_count = 3;
-  for (int round = 1; round < 4; ++round) ReadRound(*requester, file, bufs, round * 16, 16);
-  ServiceStats after = (*service)->Stats();
+  for (int round = 1; round < 4; ++round) ReadBlocks(*requester, file, bufs, round * 16, 16);
+  ServiceStats after = service->Stats();
   EXPECT_EQ(sys.submit_error_count.load(), 0) << "the injected refusals were not all met";
   EXPECT_GE(after.io_submit_eagain - before.io_submit_eagain, 3u);
   EXPECT_EQ(after.requests_failed, 0u);
@@ -185,16 +159,16 @@ TEST(InlineIo, AFullKernelQueueHandsTheRestToTheSubmitter) {
 // hand the rest to the submitter and return, not take the requeued requests back and try again
 // forever (it did: Poll never returned, the submitter spun on the submit role).
 TEST(InlineIo, PersistentEagainDoesNotKeepTheCallerInPoll) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   ServiceOptions options;
   options.submit_batch = 4;
-  auto service = Service::CreateWithSyscalls(options, &sys);
-  ASSERT_TRUE(service.ok());
-  auto requester = InlineRequester(**service);
+  auto service = NewService(sys, options);
+  ASSERT_NE(service, nullptr);
+  auto requester = NewInlineRequester(*service);
   TempFile file(64 * kBlock, O_DIRECT);
-  std::vector<AlignedBuffer> bufs;
-  for (int i = 0; i < 16; ++i) bufs.emplace_back(kBlock);
-  ReadRound(*requester, file, bufs, 0, 16);
+  std::vector<AlignedBuffer> bufs = BlockBuffers(16);
+  ReadBlocks(*requester, file, bufs, 0, 16);
   sys.submit_error = -EAGAIN;
   sys.submit_error_count = 1 << 30;  // until the test says otherwise
   for (int i = 0; i < 16; ++i) ASSERT_TRUE(requester->Read(file.fd(), bufs[i].data(), kBlock, i * kBlock, i).ok());
@@ -217,13 +191,12 @@ TEST(InlineIo, PersistentEagainDoesNotKeepTheCallerInPoll) {
 TEST(InlineIo, WithoutThePoolNothingIsSubmittedOnTheCallersThread) {
   ServiceOptions options;
   options.fallback_threads = 0;
-  auto service = Service::Create(options);
-  ASSERT_TRUE(service.ok());
-  auto requester = InlineRequester(**service);
+  auto service = NewService(options);
+  ASSERT_NE(service, nullptr);
+  auto requester = NewInlineRequester(*service);
   TempFile file(16 * kBlock);
-  std::vector<AlignedBuffer> bufs;
-  for (int i = 0; i < 16; ++i) bufs.emplace_back(kBlock);
-  ReadRound(*requester, file, bufs, 0, 16);  // an io context exists and the submitter sleeps
+  std::vector<AlignedBuffer> bufs = BlockBuffers(16);
+  ReadBlocks(*requester, file, bufs, 0, 16);  // an io context exists and the submitter sleeps
   int fds[2];
   ASSERT_EQ(pipe(fds), 0);
   char got[4] = {};
@@ -248,13 +221,12 @@ TEST(InlineIo, WithoutThePoolNothingIsSubmittedOnTheCallersThread) {
 
 // Cancel of a request queued by an inline requester and not yet flushed: never submitted.
 TEST(InlineIo, CancelBeforeTheFlushIsReal) {
-  auto service = Service::Create({});
-  ASSERT_TRUE(service.ok());
-  auto requester = InlineRequester(**service);
+  auto service = NewService();
+  ASSERT_NE(service, nullptr);
+  auto requester = NewInlineRequester(*service);
   TempFile file(16 * kBlock);
-  std::vector<AlignedBuffer> bufs;
-  for (int i = 0; i < 16; ++i) bufs.emplace_back(kBlock);
-  ReadRound(*requester, file, bufs, 0, 16);
+  std::vector<AlignedBuffer> bufs = BlockBuffers(16);
+  ReadBlocks(*requester, file, bufs, 0, 16);
   auto t = requester->Read(file.fd(), bufs[0].data(), kBlock, 0);
   ASSERT_TRUE(t.ok());
   auto cancelled = requester->Cancel(*t);
@@ -275,18 +247,17 @@ TEST(InlineIo, CancelBeforeTheFlushIsReal) {
 // reads finish later, from the device), the reaper must still find them: it watches the ring in
 // io_getevents until every such request is back. Without that, this Wait would never return.
 TEST(InlineIo, AReusedFdNumberThatTurnedAsyncIsStillReaped) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   ThreadCountingSyscalls sys;
-  auto service = Service::CreateWithSyscalls({}, &sys);
-  ASSERT_TRUE(service.ok());
-  auto requester = InlineRequester(**service);
+  auto service = NewService(sys);
+  ASSERT_NE(service, nullptr);
+  auto requester = NewInlineRequester(*service);
   TempFile cached(64 * kBlock);
   TempFile direct(64 * kBlock, O_DIRECT);
-  std::vector<char> warm(64 * kBlock);
-  ASSERT_EQ(pread(cached.fd(), warm.data(), warm.size(), 0), static_cast<ssize_t>(warm.size()));
+  ASSERT_NO_FATAL_FAILURE(CacheInPageCache(cached, 64 * kBlock));
   const int fd = fcntl(cached.fd(), F_DUPFD_CLOEXEC, 100);
   ASSERT_GE(fd, 0);
-  std::vector<AlignedBuffer> bufs;
-  for (int i = 0; i < 16; ++i) bufs.emplace_back(kBlock);
+  std::vector<AlignedBuffer> bufs = BlockBuffers(16);
   auto round = [&](int first) {
     for (int i = 0; i < 16; ++i) {
       ASSERT_TRUE(requester->Read(fd, bufs[i].data(), kBlock, (first + i) * kBlock, i).ok());
@@ -302,7 +273,7 @@ TEST(InlineIo, AReusedFdNumberThatTurnedAsyncIsStillReaped) {
   // Page-cache hits, until this thread has submitted inline a few times (the first rounds may go
   // through the submitter thread while it is still awake; slow under sanitizers): kaio has then seen
   // this fd's requests finish inside io_submit and sends them without the eventfd flag.
-  auto reaped_inline = [&] { return (*service)->Stats().inline_reaped; };
+  auto reaped_inline = [&] { return service->Stats().inline_reaped; };
   for (int r = 0; r < 500 && (sys.watched_calls() < 3 || reaped_inline() == 0); ++r) round((r % 3) * 16);
   ASSERT_GE(sys.watched_calls(), 3) << "never submitted inline: the test proves nothing";
   ASSERT_GT(reaped_inline(), 0u) << "never reaped inline: the test proves nothing";
@@ -314,10 +285,11 @@ TEST(InlineIo, AReusedFdNumberThatTurnedAsyncIsStillReaped) {
 
 // Inline and ordinary requesters on four threads at once: every request answered once and right.
 TEST(InlineIo, MixesWithOrdinaryRequestersOnManyThreads) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   ServiceOptions options;
   options.queue_depth = 16;  // smaller than the total in flight: the kernel queue fills up
-  auto service = Service::Create(options);
-  ASSERT_TRUE(service.ok());
+  auto service = NewService(options);
+  ASSERT_NE(service, nullptr);
   TempFile cached(256 * kBlock);
   TempFile direct(256 * kBlock, O_DIRECT);
   std::vector<std::thread> threads;
@@ -326,14 +298,13 @@ TEST(InlineIo, MixesWithOrdinaryRequestersOnManyThreads) {
     threads.emplace_back([&, id] {
       RequesterOptions ro;
       ro.inline_io = id % 2 == 0;
-      auto requester = Requester::Create(**service, ro);
+      auto requester = Requester::Create(*service, ro);
       if (!requester.ok()) {
         bad++;
         return;
       }
       const TempFile& file = id < 2 ? cached : direct;
-      std::vector<AlignedBuffer> bufs;
-      for (int i = 0; i < 8; ++i) bufs.emplace_back(kBlock);
+      std::vector<AlignedBuffer> bufs = BlockBuffers(8);
       std::vector<Completion> done(8);
       for (int round = 0; round < 150; ++round) {
         const int first = (round * 8 + id * 32) % 248;
@@ -355,7 +326,7 @@ TEST(InlineIo, MixesWithOrdinaryRequestersOnManyThreads) {
   }
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(bad.load(), 0);
-  ServiceStats stats = (*service)->Stats();
+  ServiceStats stats = service->Stats();
   EXPECT_EQ(stats.requests_completed, 4u * 150 * 8);
   EXPECT_EQ(stats.in_flight, 0u);
 }

@@ -17,6 +17,7 @@
 #include "kaio/requester.h"
 #include "kaio/service.h"
 #include "tests/fault_syscalls.h"
+#include "tests/test_fixture.h"
 #include "tests/test_util.h"
 
 namespace kaio {
@@ -24,37 +25,15 @@ namespace {
 
 using ::kaio::testing::AlignedBuffer;
 using ::kaio::testing::FaultSyscalls;
+using ::kaio::testing::kBlock;
+using ::kaio::testing::NewRequester;
+using ::kaio::testing::NewService;
 using ::kaio::testing::TempFile;
+using ::kaio::testing::WaitOne;
 using ::kaio::testing::WaitUntil;
 
-constexpr size_t kBlock = 4096;
-
-std::unique_ptr<Service> NewService(ServiceOptions options = {}) {
-  auto service = Service::Create(options);
-  if (!service.ok()) {
-    ADD_FAILURE() << service.status();
-    return nullptr;
-  }
-  return *std::move(service);
-}
-
-std::unique_ptr<Requester> NewRequester(Service& service) {
-  auto requester = Requester::Create(service);
-  if (!requester.ok()) {
-    ADD_FAILURE() << requester.status();
-    return nullptr;
-  }
-  return *std::move(requester);
-}
-
-Completion WaitOne(Requester& requester, absl::Duration timeout = absl::Seconds(20)) {
-  Completion c;
-  size_t n = requester.Wait(absl::MakeSpan(&c, 1), 1, timeout);
-  EXPECT_EQ(n, 1u) << "no completion within the timeout";
-  return c;
-}
-
 TEST(Service, WritesThenReadsBackThroughKernelAio) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   auto service = NewService();
   auto requester = NewRequester(*service);
   TempFile file(16 * kBlock, O_DIRECT);
@@ -116,6 +95,7 @@ TEST(Service, ShortReadAtEndOfFileIsAResultNotAnError) {
 
 // The seed read errors from res2; the kernel reports them as a negative res.
 TEST(Service, KernelErrorInResIsTheErrno) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   auto service = NewService();
   auto requester = NewRequester(*service);
   TempFile file(kBlock, O_DIRECT);
@@ -131,9 +111,9 @@ TEST(Service, KernelErrorInResIsTheErrno) {
 // io_submit fails a bad fd itself (-EBADF); only that request fails, the rest of the batch runs.
 TEST(Service, SubmitErrorFailsOnlyThatRequest) {
   FaultSyscalls sys;
-  auto service = Service::CreateWithSyscalls({}, &sys);
-  ASSERT_TRUE(service.ok());
-  auto requester = NewRequester(**service);
+  auto service = NewService(sys);
+  ASSERT_NE(service, nullptr);
+  auto requester = NewRequester(*service);
   TempFile file(4 * kBlock);
   int closed_fd = dup(file.fd());
   close(closed_fd);
@@ -299,9 +279,9 @@ TEST(Service, MaxRequestsIsResourceExhaustedNotACrash) {
 
 TEST(Cancel, QueuedRequestIsNeverSubmittedAndCompletesCancelled) {
   FaultSyscalls sys;
-  auto service = Service::CreateWithSyscalls({}, &sys);
-  ASSERT_TRUE(service.ok());
-  auto requester = NewRequester(**service);
+  auto service = NewService(sys);
+  ASSERT_NE(service, nullptr);
+  auto requester = NewRequester(*service);
   TempFile file(kBlock);
   char buf[2][64];
   sys.submit_gate.Close();
@@ -320,14 +300,15 @@ TEST(Cancel, QueuedRequestIsNeverSubmittedAndCompletesCancelled) {
   EXPECT_EQ(requester->Return(*first), 64);
   uint32_t second_index = static_cast<uint32_t>(second->value());
   EXPECT_FALSE(sys.WasSubmitted(reinterpret_cast<void*>(static_cast<uintptr_t>(second_index))));
-  EXPECT_EQ((*service)->Stats().requests_cancelled, 1u);
+  EXPECT_EQ(service->Stats().requests_cancelled, 1u);
 }
 
 TEST(Cancel, RequestInTheKernelIsNotCancelledAndDeliversItsResult) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
-  auto service = Service::CreateWithSyscalls({}, &sys);
-  ASSERT_TRUE(service.ok());
-  auto requester = NewRequester(**service);
+  auto service = NewService(sys);
+  ASSERT_NE(service, nullptr);
+  auto requester = NewRequester(*service);
   TempFile file(kBlock, O_DIRECT);
   AlignedBuffer buf(kBlock);
   sys.getevents_gate.Close();  // the reaper cannot take the result yet
@@ -359,9 +340,9 @@ TEST(Cancel, FinishedRequestIsAllDone) {
 
 TEST(Cancel, CancelAllByFdCancelsQueuedOnesOfThatFdOnly) {
   FaultSyscalls sys;
-  auto service = Service::CreateWithSyscalls({}, &sys);
-  ASSERT_TRUE(service.ok());
-  auto requester = NewRequester(**service);
+  auto service = NewService(sys);
+  ASSERT_NE(service, nullptr);
+  auto requester = NewRequester(*service);
   TempFile a(kBlock), b(kBlock);
   char buf[8][16];
   sys.submit_gate.Close();
@@ -395,9 +376,9 @@ TEST(Batching, ABusySubmitterSendsManyRequestsPerIoSubmit) {
   options.queue_depth = 1024;
   options.submit_batch = 128;
   options.device_submit_chunk = 128;  // the drain's batching, not the device chunking (tested below)
-  auto service = Service::CreateWithSyscalls(options, &sys);
-  ASSERT_TRUE(service.ok());
-  auto requester = NewRequester(**service);
+  auto service = NewService(sys, options);
+  ASSERT_NE(service, nullptr);
+  auto requester = NewRequester(*service);
   TempFile file(64 * kBlock);
   std::vector<char> buf(1000 * 8);
   sys.submit_gate.Close();  // the submitter is busy inside its first io_submit
@@ -413,7 +394,7 @@ TEST(Batching, ABusySubmitterSendsManyRequestsPerIoSubmit) {
   for (Ticket t : tickets) ASSERT_EQ(requester->Return(t), 8);
   ServiceStats stats;
   EXPECT_TRUE(WaitUntil([&] {
-    stats = (*service)->Stats();
+    stats = service->Stats();
     return stats.kernel_submitted + stats.pool_requests - stats.nowait_retries == 1000u;
   }));
   EXPECT_LE(stats.io_submit_calls, 20u) << "average batch " << stats.average_batch;
@@ -424,13 +405,14 @@ TEST(Batching, ABusySubmitterSendsManyRequestsPerIoSubmit) {
 // A batch bound for a device is passed to io_submit device_submit_chunk requests at a time (the
 // kernel holds a call's requests back from the device until the call returns).
 TEST(Batching, RequestsForADeviceGoToIoSubmitInChunks) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   FaultSyscalls sys;
   ServiceOptions options;
   options.submit_batch = 16;
   options.device_submit_chunk = 4;
-  auto service = Service::CreateWithSyscalls(options, &sys);
-  ASSERT_TRUE(service.ok());
-  auto requester = NewRequester(**service);
+  auto service = NewService(sys, options);
+  ASSERT_NE(service, nullptr);
+  auto requester = NewRequester(*service);
   TempFile file(64 * kBlock, O_DIRECT);
   AlignedBuffer buf(16 * kBlock);
   const int calls_before = sys.submit_calls.load();
@@ -450,6 +432,7 @@ TEST(Batching, RequestsForADeviceGoToIoSubmitInChunks) {
 }
 
 TEST(Batching, FourThreadsOverflowADepthOfFourAndNothingFails) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   ServiceOptions options;
   options.queue_depth = 4;
   auto service = NewService(options);
@@ -600,6 +583,7 @@ TEST(Notify, NotifyFdWorksInAnEpollLoop) {
 // ---------------------------------------------------------------- housekeeping and shutdown
 
 TEST(Housekeeping, IdleContextIsReleasedAndRecreated) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   ServiceOptions options;
   options.idle_release = absl::Milliseconds(200);
   auto service = NewService(options);
@@ -686,6 +670,7 @@ TEST(Shutdown, DestroyingARequesterWaitsForItsRequests) {
 // that dup2s onto the lowest free numbers after starting kaio (as daemons do for 0-2 and beyond)
 // used to land on kaio's completion eventfd, and every later request failed with EINVAL.
 TEST(Service, ItsDescriptorsStayOutOfTheLowNumbers) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
   struct rlimit limit;
   ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &limit), 0);
   if (limit.rlim_cur < 128) GTEST_SKIP() << "RLIMIT_NOFILE soft limit " << limit.rlim_cur << " < 128";
