@@ -95,6 +95,8 @@ absl::StatusOr<Ticket> Requester::Submit(int fd, short opcode, void* buf, uint64
   slot.cb.u.c.nbytes = nbytes;
   slot.cb.u.c.offset = offset;
   uint32_t generation = WordGeneration(slot.word.load(std::memory_order_relaxed));
+  const uint64_t serial = NextSerial();
+  slot.serial.store(serial, std::memory_order_relaxed);  // published with the request (Enqueue's release)
   // Count the request before the final check of accepting() (see Engine::accepting): a submit
   // racing Service::Shutdown() is either refused here or waited for by Shutdown. Single writer (this
   // thread): a load and a store, no read-modify-write.
@@ -111,7 +113,19 @@ absl::StatusOr<Ticket> Requester::Submit(int fd, short opcode, void* buf, uint64
   } else {
     engine_.Enqueue(*token_, index);
   }
-  return Ticket(core::PackTicket(generation, index));
+  return Ticket(core::PackTicket(generation, index), serial);
+}
+
+uint64_t Requester::NextSerial() {
+  // Blocks of 2^20: one read-modify-write of the shared counter per million requests. Relaxed: the
+  // numbers need only be distinct, which the RMW's atomicity gives. 2^44 blocks: never exhausted.
+  static std::atomic<uint64_t> next_block{1};  // serial 0 is the empty ticket's
+  constexpr int kBlockBits = 20;
+  if (next_serial_ == serial_block_end_) {
+    next_serial_ = next_block.fetch_add(1, std::memory_order_relaxed) << kBlockBits;
+    serial_block_end_ = next_serial_ + (uint64_t{1} << kBlockBits);
+  }
+  return next_serial_++;
 }
 
 absl::StatusOr<Ticket> Requester::Read(int fd, void* buf, size_t length, int64_t offset, uint64_t tag) {
@@ -175,7 +189,7 @@ size_t Requester::TakeLocal(absl::Span<Completion> out) {
     mailbox_->Unlink(index);
     core::Slot& slot = slots.at(index);
     uint64_t word = slot.word.load(std::memory_order_acquire);
-    out[n++] = Completion{Ticket(core::PackTicket(WordGeneration(word), index)), slot.tag,
+    out[n++] = Completion{Ticket(core::PackTicket(WordGeneration(word), index), slot.serial.load(std::memory_order_relaxed)), slot.tag,
                           slot.result.load(std::memory_order_relaxed)};
     if (core::PlantedBug(core::PlantedBugKind::kDoubleCompletion) && n < out.size()) out[n] = out[n - 1], ++n;
     if (core::PlantedBug(core::PlantedBugKind::kLeakedSlot)) continue;
@@ -230,20 +244,23 @@ size_t Requester::Wait(absl::Span<Completion> out, size_t min_count, absl::Durat
 }
 
 uint32_t Requester::OwnSlot(Ticket ticket) const {
-  uint32_t index = core::TicketIndex(ticket.value());
+  uint32_t index = core::TicketIndex(ticket.slot());
   core::SlotTable& slots = engine_.slots();
   if (!ticket.valid() || !slots.Contains(index)) return kNoSlot;
   const core::Slot& slot = slots.at(index);
   uint64_t word = slot.word.load(std::memory_order_acquire);
-  if (WordGeneration(word) != core::TicketGeneration(ticket.value())) return kNoSlot;
+  if (WordGeneration(word) != core::TicketGeneration(ticket.slot())) return kNoSlot;
   SlotState state = WordState(word);
   if (state == SlotState::kFree || state == SlotState::kReturned) return kNoSlot;
   if (slot.sink.load(std::memory_order_relaxed) != mailbox_) return kNoSlot;
+  // The serial is process-unique: only our own request in this slot has it (a slot we claimed,
+  // whose serial we wrote on this thread).
+  if (slot.serial.load(std::memory_order_relaxed) != ticket.serial()) return kNoSlot;
   return index;
 }
 
 bool Requester::Finished(Ticket ticket) const {
-  const core::Slot& slot = engine_.slots().at(core::TicketIndex(ticket.value()));
+  const core::Slot& slot = engine_.slots().at(core::TicketIndex(ticket.slot()));
   // seq_cst: re-checked after Arm() (see core/mailbox.h).
   return !InFlight(WordState(slot.word.load(std::memory_order_seq_cst)));
 }
@@ -305,12 +322,18 @@ absl::StatusOr<size_t> Requester::WaitAny(absl::Span<const Ticket> tickets, absl
 // ---------------------------------------------------------------- error / return / cancel
 
 int Requester::Error(Ticket ticket) const {
-  uint32_t index = core::TicketIndex(ticket.value());
+  uint32_t index = core::TicketIndex(ticket.slot());
   core::SlotTable& slots = engine_.slots();
   if (!ticket.valid() || !slots.Contains(index)) return EINVAL;
   const core::Slot& slot = slots.at(index);
   uint64_t word = slot.word.load(std::memory_order_acquire);
-  if (WordGeneration(word) != core::TicketGeneration(ticket.value())) return EINVAL;
+  if (WordGeneration(word) != core::TicketGeneration(ticket.slot())) return EINVAL;
+  // Any thread may ask: not ours (another requester's or service's request in a slot with the same
+  // index and generation) is EINVAL, as a stale ticket. Checked again below with the word.
+  if (slot.sink.load(std::memory_order_relaxed) != mailbox_ ||
+      slot.serial.load(std::memory_order_relaxed) != ticket.serial()) {
+    return EINVAL;
+  }
   switch (WordState(word)) {
     case SlotState::kFree:
     case SlotState::kReturned:
@@ -358,7 +381,12 @@ int64_t Requester::Return(Ticket ticket) {
 
 absl::StatusOr<CancelResult> Requester::Cancel(Ticket ticket) {
   if (!ticket.valid()) return absl::InvalidArgumentError("kaio: Cancel of the empty ticket (EINVAL)");
-  return engine_.Cancel(core::TicketIndex(ticket.value()), core::TicketGeneration(ticket.value()));
+  // Only our own live requests, as Return and the waits: another requester's ticket was accepted
+  // and cancelled that requester's request.
+  if (OwnSlot(ticket) == kNoSlot) {
+    return absl::InvalidArgumentError("kaio: Cancel of a ticket that is not a live request of this requester (EINVAL)");
+  }
+  return engine_.Cancel(core::TicketIndex(ticket.slot()), core::TicketGeneration(ticket.slot()));
 }
 
 CancelResult Requester::CancelAll(int fd) {

@@ -34,6 +34,8 @@
 // Results: a completion's result is the byte count (a short read is a result, not an error) or
 // -errno. Tickets are single-use: once Poll/Wait hands a completion back, or Return() takes it, the
 // ticket is stale and Error/Return/Cancel/WaitAll answer EINVAL (never another request's answer).
+// A ticket names its requester: another requester's (of this service or another) is answered the
+// same way, by every call that takes one, Cancel included. Tickets are never reused in a process.
 //
 // Errors at submission are statuses: INVALID_ARGUMENT for a null buffer with a non-zero length, a
 // negative offset, offset + length past INT64_MAX, a negative fd, a bad iovec;
@@ -144,6 +146,10 @@ class Requester {
   bool notify_mode_ = false;
   const bool inline_io_;
   bool flush_pending_ = false;  // inline_io: requests queued while the submitter sleeps
+  // Serial numbers for this requester's tickets: a block of the process-wide range at a time.
+  uint64_t next_serial_ = 0;
+  uint64_t serial_block_end_ = 0;
+  uint64_t NextSerial();
 };
 
 }  // namespace kaio

@@ -11,20 +11,29 @@
 
 namespace kaio {
 
-// Names one request. A ticket holds a slot index and a generation, so once its request has been
-// consumed (by Poll/Wait or Return) the ticket is stale and every call that takes it answers EINVAL;
-// it can never be confused with the next request that reuses the slot. The zero ticket is never valid.
+// Names one request of one requester. A ticket holds the request's slot (index and generation) and
+// its serial number, which is unique in the process for its whole life (64 bits, never reused:
+// requesters take them in blocks from one counter). Every call that takes a ticket answers EINVAL
+// (or INVALID_ARGUMENT) for a ticket that is not a live request of that very requester: consumed
+// (by Poll/Wait or Return), another requester's, another service's, or made up. The empty ticket
+// (default-constructed) is never valid. Tickets compare and order as values, so they can key maps.
 class Ticket {
  public:
   constexpr Ticket() = default;
-  constexpr explicit Ticket(uint64_t value) : value_(value) {}
-  constexpr uint64_t value() const { return value_; }
-  constexpr bool valid() const { return value_ != 0; }
-  friend constexpr bool operator==(Ticket a, Ticket b) { return a.value_ == b.value_; }
-  friend constexpr bool operator!=(Ticket a, Ticket b) { return a.value_ != b.value_; }
+  // The two words a ticket is made of, for code that keeps tickets as numbers (tests, fuzzers).
+  constexpr Ticket(uint64_t slot, uint64_t serial) : slot_(slot), serial_(serial) {}
+  constexpr uint64_t slot() const { return slot_; }
+  constexpr uint64_t serial() const { return serial_; }
+  constexpr bool valid() const { return serial_ != 0; }
+  friend constexpr bool operator==(Ticket a, Ticket b) { return a.slot_ == b.slot_ && a.serial_ == b.serial_; }
+  friend constexpr bool operator!=(Ticket a, Ticket b) { return !(a == b); }
+  friend constexpr bool operator<(Ticket a, Ticket b) {
+    return a.serial_ != b.serial_ ? a.serial_ < b.serial_ : a.slot_ < b.slot_;
+  }
 
  private:
-  uint64_t value_ = 0;
+  uint64_t slot_ = 0;    // (generation << 32) | index in the service's request table
+  uint64_t serial_ = 0;  // unique in the process; 0 only in the empty ticket
 };
 
 // One finished request, as Poll and Wait hand it back.

@@ -84,6 +84,12 @@ struct alignas(64) Slot {
   uint64_t partial = 0;
   // Where the completion goes; outlives the request. Atomic for the same reason as result.
   std::atomic<CompletionSink*> sink{nullptr};
+  // The request's serial number (kaio::Ticket::serial), unique in the process: what tells a live
+  // ticket from a stale or foreign one whose slot and generation happen to match (another service's
+  // table, or the 32-bit generation wrapped). Written by the claiming requester before the release
+  // that publishes the request; relaxed everywhere, since a reader that is not the owner only
+  // compares it, and any value it may see other than its ticket's means "not this request".
+  std::atomic<uint64_t> serial{0};
 };
 
 // The slab. Slots never move: chunks of kChunkSize are allocated as the number of live requests

@@ -175,8 +175,8 @@ struct Live {
 
 struct Slot {
   std::unique_ptr<Requester> requester;
-  std::map<uint64_t, Live> live;  // ticket value -> request
-  std::vector<uint64_t> consumed;  // recent consumed tickets
+  std::map<Ticket, Live> live;  // ticket -> request
+  std::vector<Ticket> consumed;  // recent consumed tickets
 };
 
 class Run {
@@ -263,7 +263,7 @@ class Run {
   }
 
   // Ticket choices for Error/Return/Cancel/waits: live, consumed, another requester's, forged, empty.
-  uint64_t PickTicket(Slot& s) {
+  Ticket PickTicket(Slot& s) {
     switch (in_.U8() % 6) {
       case 0:
       case 1:
@@ -272,17 +272,22 @@ class Run {
           std::advance(it, in_.U8() % s.live.size());
           return it->first;
         }
-        return 0;
+        return Ticket();
       case 2:
-        return s.consumed.empty() ? 0 : s.consumed[in_.U8() % s.consumed.size()];
+        return s.consumed.empty() ? Ticket() : s.consumed[in_.U8() % s.consumed.size()];
       case 3: {
         Slot& other = PickSlot();
-        return other.live.empty() ? 0 : other.live.begin()->first;
+        return other.live.empty() ? Ticket() : other.live.begin()->first;
       }
       case 4:
-        return (uint64_t{in_.U8()} << 32) | in_.U8();  // forged, small: may hit real slots
+        // Forged: a real slot and generation with a made-up serial, or small numbers throughout.
+        if (in_.U8() & 1) {
+          Slot& any = PickSlot();
+          if (!any.live.empty()) return Ticket(any.live.begin()->first.slot(), in_.U64() | 1);
+        }
+        return Ticket((uint64_t{in_.U8()} << 32) | in_.U8(), in_.U8());
       default:
-        return in_.U64();
+        return Ticket(in_.U64(), in_.U64());
     }
   }
 
@@ -290,15 +295,15 @@ class Run {
   // -EINPROGRESS both for tickets it does not consume and as the results of requests that failed
   // with those errnos, so the slot itself says which it was (nothing else claims slots meanwhile:
   // this harness is the only producer).
-  bool Consumed(uint64_t t) {
-    const core::Slot& slot = service_->engine().slots().at(core::TicketIndex(t));
+  bool Consumed(Ticket t) {
+    const core::Slot& slot = service_->engine().slots().at(core::TicketIndex(t.slot()));
     uint64_t word = slot.word.load(std::memory_order_acquire);
     core::SlotState state = core::WordState(word);
-    return core::WordGeneration(word) != core::TicketGeneration(t) || state == core::SlotState::kFree ||
+    return core::WordGeneration(word) != core::TicketGeneration(t.slot()) || state == core::SlotState::kFree ||
            state == core::SlotState::kReturned;
   }
 
-  bool IsLiveAnywhere(uint64_t t) const {
+  bool IsLiveAnywhere(Ticket t) const {
     for (const Slot& s : slots_) {
       if (s.live.count(t)) return true;
     }
@@ -376,25 +381,26 @@ class Run {
       if (buffer >= 0) buffer_busy_[buffer] = false;
       return;
     }
-    if (!t->valid() || IsLiveAnywhere(t->value())) Violation("a new ticket is empty or already live", t->value());
+    if (!t->valid() || IsLiveAnywhere(*t)) Violation("a new ticket is empty or already live", t->serial());
     Trace("r%d submit kind %d fd %d len %zu -> %016llx", static_cast<int>(&s - slots_.data()), kind, fd, length,
-          static_cast<unsigned long long>(t->value()));
+          static_cast<unsigned long long>(t->serial()));
     Live l;
     l.tag = tag;
     l.max_result = static_cast<int64_t>(kind <= 1 ? length : total);
     l.buffer = buffer;
     l.pipe_read = pipe_read;
-    s.live[t->value()] = l;
+    s.live[*t] = l;
   }
 
-  void CheckResult(Slot& s, uint64_t ticket, const Live& l, int64_t result) {
+  void CheckResult(Slot& s, Ticket t, const Live& l, int64_t result) {
+    const uint64_t ticket = t.serial();
     if (result > l.max_result) Violation("result larger than the request", ticket, result);
     if (result < -4095) Violation("result is not a byte count or -errno", ticket, result);
     if (l.said_canceled && result != -ECANCELED) Violation("Cancel said kCanceled but the result is not ECANCELED", ticket, result);
     if (l.said_not_canceled && result == -ECANCELED) Violation("Cancel said kNotCanceled but the result is ECANCELED", ticket, result);
     if (result == -EINPROGRESS) Violation("a consumed result is EINPROGRESS", ticket, result);
     if (l.buffer >= 0) buffer_busy_[l.buffer] = false;
-    s.consumed.push_back(ticket);
+    s.consumed.push_back(t);
     if (s.consumed.size() > 64) s.consumed.erase(s.consumed.begin());
     ++answered_;
   }
@@ -402,13 +408,13 @@ class Run {
   void Take(Slot& s, absl::Span<const Completion> done) {
     for (const Completion& c : done) {
       Trace("r%d completion %016llx result %lld", static_cast<int>(&s - slots_.data()),
-            static_cast<unsigned long long>(c.ticket.value()), static_cast<long long>(c.result));
-      auto it = s.live.find(c.ticket.value());
-      if (it == s.live.end()) Violation("completion for a ticket that is not live here (delivered twice or misrouted)", c.ticket.value(), c.result);
+            static_cast<unsigned long long>(c.ticket.serial()), static_cast<long long>(c.result));
+      auto it = s.live.find(c.ticket);
+      if (it == s.live.end()) Violation("completion for a ticket that is not live here (delivered twice or misrouted)", c.ticket.serial(), c.result);
       if (it->second.tag != c.tag) Violation("completion carries another request's tag", c.tag, static_cast<int64_t>(it->second.tag));
       Live l = it->second;
       s.live.erase(it);
-      CheckResult(s, c.ticket.value(), l, c.result);
+      CheckResult(s, c.ticket, l, c.result);
     }
   }
 
@@ -452,9 +458,9 @@ class Run {
         std::vector<Ticket> list;
         bool all_own_live = true;
         for (int i = in_.U8() % 5; i > 0; --i) {
-          uint64_t t = PickTicket(s);
+          Ticket t = PickTicket(s);
           if (!s.live.count(t)) all_own_live = false;
-          list.push_back(Ticket(t));
+          list.push_back(t);
         }
         absl::Duration timeout = absl::Microseconds(in_.U8() * 4);
         if (op == 8) {
@@ -463,7 +469,7 @@ class Run {
           if (all_own_live && !st.ok() && st.code() != absl::StatusCode::kDeadlineExceeded) Violation("WaitAll over live tickets failed");
           if (st.ok()) {
             for (Ticket t : list) {
-              if (r.Error(t) == EINPROGRESS) Violation("WaitAll returned, yet a ticket is in progress", t.value());
+              if (r.Error(t) == EINPROGRESS) Violation("WaitAll returned, yet a ticket is in progress", t.serial());
             }
           }
         } else {
@@ -474,24 +480,24 @@ class Run {
         return;
       }
       case 10: {
-        uint64_t t = PickTicket(s);
-        int e = r.Error(Ticket(t));
-        if (!IsLiveAnywhere(t) && e != EINVAL) Violation("Error() of a dead ticket is not EINVAL", t, e);
-        if (e < 0) Violation("Error() returned a negative value", t, e);
+        Ticket t = PickTicket(s);
+        int e = r.Error(t);
+        if (!s.live.count(t) && e != EINVAL) Violation("Error() of a ticket not live here is not EINVAL", t.serial(), e);
+        if (e < 0) Violation("Error() returned a negative value", t.serial(), e);
         return;
       }
       case 11: {
-        uint64_t t = PickTicket(s);
-        int64_t result = r.Return(Ticket(t));
-        Trace("r%d Return %016llx -> %lld", static_cast<int>(&s - slots_.data()), static_cast<unsigned long long>(t),
+        Ticket t = PickTicket(s);
+        int64_t result = r.Return(t);
+        Trace("r%d Return %016llx -> %lld", static_cast<int>(&s - slots_.data()), static_cast<unsigned long long>(t.serial()),
               static_cast<long long>(result));
         auto it = s.live.find(t);
         if (it == s.live.end()) {
-          if (result != -EINVAL) Violation("Return() of a ticket that is not live here is not EINVAL", t, result);
+          if (result != -EINVAL) Violation("Return() of a ticket that is not live here is not EINVAL", t.serial(), result);
           return;
         }
         if (!Consumed(t)) {
-          if (result != -EINPROGRESS) Violation("Return() answered a live ticket without consuming it", t, result);
+          if (result != -EINPROGRESS) Violation("Return() answered a live ticket without consuming it", t.serial(), result);
           return;
         }
         Live l = it->second;
@@ -500,35 +506,28 @@ class Run {
         return;
       }
       case 12: {
-        uint64_t t = PickTicket(s);
-        absl::StatusOr<CancelResult> c = r.Cancel(Ticket(t));
-        Trace("r%d Cancel %016llx -> %d", static_cast<int>(&s - slots_.data()), static_cast<unsigned long long>(t),
-              c.ok() ? static_cast<int>(*c) : -1);
+        Ticket t = PickTicket(s);
+        absl::StatusOr<CancelResult> c = r.Cancel(t);
+        Trace("r%d Cancel %016llx -> %d", static_cast<int>(&s - slots_.data()),
+              static_cast<unsigned long long>(t.serial()), c.ok() ? static_cast<int>(*c) : -1);
         auto it = s.live.find(t);
-        if (!IsLiveAnywhere(t)) {
-          if (c.ok() || c.status().code() != absl::StatusCode::kInvalidArgument) Violation("Cancel of a dead ticket is not INVALID_ARGUMENT", t);
-          return;
-        }
-        if (!c.ok()) Violation("Cancel of a live ticket failed", t);
         if (it == s.live.end()) {
-          // Another requester's ticket (Cancel does not check the owner): record the answer there.
-          for (Slot& other : slots_) {
-            if (auto o = other.live.find(t); o != other.live.end() && *c == CancelResult::kCanceled) {
-              o->second.said_canceled = true;
-              o->second.said_not_canceled = false;
-            }
+          // Dead, forged, or another requester's: Cancel checks the owner, as Return does.
+          if (c.ok() || c.status().code() != absl::StatusCode::kInvalidArgument) {
+            Violation("Cancel of a ticket not live here is not INVALID_ARGUMENT", t.serial());
           }
           return;
         }
+        if (!c.ok()) Violation("Cancel of a live ticket failed", t.serial());
         if (*c == CancelResult::kCanceled) {
           it->second.said_canceled = true;
           it->second.said_not_canceled = false;
-          if (r.Error(Ticket(t)) != ECANCELED) Violation("Cancel said kCanceled but Error() is not ECANCELED", t);
+          if (r.Error(t) != ECANCELED) Violation("Cancel said kCanceled but Error() is not ECANCELED", t.serial());
         } else if (*c == CancelResult::kNotCanceled) {
-          if (it->second.said_canceled) Violation("Cancel said kNotCanceled after kCanceled", t);
+          if (it->second.said_canceled) Violation("Cancel said kNotCanceled after kCanceled", t.serial());
           it->second.said_not_canceled = true;
-        } else if (r.Error(Ticket(t)) == EINPROGRESS) {
-          Violation("Cancel said kAllDone but Error() is EINPROGRESS", t);
+        } else if (r.Error(t) == EINPROGRESS) {
+          Violation("Cancel said kAllDone but Error() is EINPROGRESS", t.serial());
         }
         return;
       }
@@ -539,7 +538,7 @@ class Run {
         Trace("r%d CancelAll fd %d -> %d", static_cast<int>(&s - slots_.data()), fd, static_cast<int>(c));
         // Requests it cancelled show ECANCELED now; a later result must agree with that.
         for (auto& [t, l] : s.live) {
-          if (r.Error(Ticket(t)) == ECANCELED) {
+          if (r.Error(t) == ECANCELED) {
             l.said_canceled = true;
             l.said_not_canceled = false;
           }
@@ -612,16 +611,16 @@ class Run {
       if (n == 0) {
         // Results taken by Return() never come through Wait: find them.
         for (auto it = s.live.begin(); it != s.live.end();) {
-          int64_t result = s.requester->Return(Ticket(it->first));
+          int64_t result = s.requester->Return(it->first);
           Trace("r%d unstick Return %016llx -> %lld", static_cast<int>(&s - slots_.data()),
-                static_cast<unsigned long long>(it->first), static_cast<long long>(result));
+                static_cast<unsigned long long>(it->first.serial()), static_cast<long long>(result));
           if (!Consumed(it->first)) {
-            if (result != -EINPROGRESS) Violation("Return() answered a live ticket without consuming it", it->first, result);
+            if (result != -EINPROGRESS) Violation("Return() answered a live ticket without consuming it", it->first.serial(), result);
             ++it;
             continue;
           }
           Live l = it->second;
-          uint64_t t = it->first;
+          Ticket t = it->first;
           it = s.live.erase(it);
           CheckResult(s, t, l, result);
         }

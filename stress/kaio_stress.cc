@@ -308,8 +308,12 @@ struct Shared {
   std::atomic<bool> abort{false};            // a fatal failure (a hang): everyone stops
   std::atomic<bool> shutdown_started{false};
   std::atomic<bool> shutdown_returned{false};
-  // Recently issued tickets of every thread, for Error() from other threads (it is thread-safe).
-  std::array<std::atomic<uint64_t>, 256> published{};
+  // Recently issued tickets of every thread, for Error() from other threads' requesters.
+  // A ticket's two words, stored apart: a torn pair is one more ticket that is not the reader's.
+  struct PublishedTicket {
+    std::atomic<uint64_t> slot{0}, serial{0};
+  };
+  std::array<PublishedTicket, 256> published{};
 };
 
 struct AlignedFree {
@@ -406,7 +410,7 @@ class Worker {
     const BlockState* b = op->block >= 0 ? &blocks_[op->block] : nullptr;
     s_.failures.Add("thread %d: %s (op kind %d tag %llu ticket %016llx fd %d file %d block %d result %lld)", id_,
                     what, static_cast<int>(op->kind), static_cast<unsigned long long>(op->tag),
-                    static_cast<unsigned long long>(op->ticket.value()), op->fd, b ? static_cast<int>(b->file) : -1,
+                    static_cast<unsigned long long>(op->ticket.serial()), op->fd, b ? static_cast<int>(b->file) : -1,
                     b ? static_cast<int>(b->block) : -1, static_cast<long long>(result));
   }
 
@@ -561,7 +565,9 @@ class Worker {
     if (op.block >= 0) blocks_[op.block].busy = true;
     ++submitted_;
     s_.totals.submitted.fetch_add(1, std::memory_order_relaxed);
-    s_.published[Rand() % s_.published.size()].store(t->value(), std::memory_order_relaxed);
+    auto& slot = s_.published[Rand() % s_.published.size()];
+    slot.slot.store(t->slot(), std::memory_order_relaxed);
+    slot.serial.store(t->serial(), std::memory_order_relaxed);
   }
 
   // ---- completion
@@ -655,7 +661,7 @@ class Worker {
       std::snprintf(text, sizeof(text),
                     "completion for an unknown or already-answered request (tag %llu ticket %016llx result %lld): "
                     "delivered twice, or to the wrong requester",
-                    static_cast<unsigned long long>(c.tag), static_cast<unsigned long long>(c.ticket.value()),
+                    static_cast<unsigned long long>(c.tag), static_cast<unsigned long long>(c.ticket.serial()),
                     static_cast<long long>(c.result));
       Fail(text, nullptr, 0);
       return -1;
@@ -805,13 +811,15 @@ class Worker {
         Finish(one[0], r);
       }
     }
-    // Error() is thread-safe: ask about a ticket another thread issued, maybe long consumed.
-    uint64_t other = s_.published[Rand() % s_.published.size()].load(std::memory_order_relaxed);
-    if (other != 0) {
+    // Ask our requester about a ticket some thread issued (maybe this one), maybe long consumed:
+    // another requester's is EINVAL (tickets name their requester), our own its state.
+    const auto& published = s_.published[Rand() % s_.published.size()];
+    const Ticket other(published.slot.load(std::memory_order_relaxed), published.serial.load(std::memory_order_relaxed));
+    if (other.valid()) {
       s_.totals.cross_errors.fetch_add(1, std::memory_order_relaxed);
-      int e = requester_->Error(Ticket(other));
+      int e = requester_->Error(other);
       if (e != EINPROGRESS && e != 0 && e != EINVAL && e != ECANCELED && !(s_.faults != nullptr && e == EBADF)) {
-        Fail(("Error() of another thread's ticket is " + std::to_string(e)).c_str(), nullptr, 0);
+        Fail(("Error() of a published ticket is " + std::to_string(e)).c_str(), nullptr, 0);
       }
     }
     CheckInFlight();

@@ -179,7 +179,7 @@ TEST(Service, StaleForgedAndEmptyTicketsAreEinval) {
   EXPECT_EQ(requester->Return(*t), -EINVAL);
   EXPECT_FALSE(requester->Cancel(*t).ok());
   EXPECT_EQ(requester->WaitAll({*t}, absl::Seconds(1)).code(), absl::StatusCode::kInvalidArgument);
-  for (Ticket forged : {Ticket(), Ticket(0xdeadbeef12345678ull), Ticket(uint64_t{1} << 32 | 999999)}) {
+  for (Ticket forged : {Ticket(), Ticket(0xdeadbeef12345678ull, 7), Ticket(uint64_t{1} << 32 | 999999, 1)}) {
     EXPECT_EQ(requester->Error(forged), EINVAL);
     EXPECT_EQ(requester->Return(forged), -EINVAL);
     EXPECT_FALSE(requester->Cancel(forged).ok());
@@ -197,7 +197,8 @@ TEST(Service, AnotherRequestersTicketCannotBeReturned) {
   ASSERT_TRUE(t.ok());
   ASSERT_TRUE(theirs->WaitAll({*t}).ok());
   EXPECT_EQ(mine->Return(*t), -EINVAL);
-  EXPECT_EQ(mine->Error(*t), 0);  // Error is a thread-safe peek, valid from anywhere
+  EXPECT_EQ(mine->Error(*t), EINVAL);  // tickets name their requester: every call checks (issue 14)
+  EXPECT_EQ(theirs->Error(*t), 0);
   EXPECT_EQ(theirs->Return(*t), 64);
 }
 
@@ -298,7 +299,7 @@ TEST(Cancel, QueuedRequestIsNeverSubmittedAndCompletesCancelled) {
   ASSERT_TRUE(requester->WaitAll({*first, *second}, absl::Seconds(20)).ok());
   EXPECT_EQ(requester->Return(*second), -ECANCELED);
   EXPECT_EQ(requester->Return(*first), 64);
-  uint32_t second_index = static_cast<uint32_t>(second->value());
+  uint32_t second_index = static_cast<uint32_t>(second->slot());
   EXPECT_FALSE(sys.WasSubmitted(reinterpret_cast<void*>(static_cast<uintptr_t>(second_index))));
   EXPECT_EQ(service->Stats().requests_cancelled, 1u);
 }
