@@ -18,6 +18,17 @@
 // one at a time per fd and direction, in the stream lanes (runtime/stream_lanes.h); DispatchOrder
 // decides, per request, with a look at the fd only when another request of it is in flight.
 //
+// Files, one per hop (all of them define members of this one class; runtime/engine_internal.h holds
+// the helpers they share):
+//   engine.cc         creation and shutdown, the producer side (Claim, Enqueue), Complete, Cancel,
+//                     sinks and stats
+//   fd_order.cc       which requests keep their call order and go to a lane (DispatchOrder)
+//   submitter.cc      the submit queue's drain, the io context's life, io_submit (SubmitBatch)
+//   reaper.cc         the completion eventfd, io_getevents, routing each result (RouteKernelResult)
+//   fallback_pool.cc  the blocking workers
+//   inline_io.cc      an inline_io requester's thread submitting and reaping; the two roles
+//   stream_lanes.cc   the lanes themselves (class StreamLanes)
+//
 // Lifetime: every sink registered must be unregistered, with nothing outstanding, before the engine
 // is destroyed; the destructor stops and joins the threads and releases the io context.
 #ifndef KAIO_RUNTIME_ENGINE_H_

@@ -1,0 +1,211 @@
+// Engine, the reaper hop: waits on the completion eventfd, reaps the ring and routes each result
+// (complete, continue a short one, or hand a refusal to the pool or a lane).
+#include "runtime/engine.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "core/kernel_errors.h"
+#include "core/planted_bug.h"
+#include "runtime/engine_internal.h"
+#include "runtime/stream_lanes.h"
+
+namespace kaio::runtime {
+
+using core::SubmitErrorClass;
+using core::ClassifySubmitError;
+
+// ---------------------------------------------------------------- reaper
+
+void Engine::ReaperLoop() {
+  bool look_again_soon = false;
+  while (true) {
+    if (unsignalled_.load(std::memory_order_seq_cst) > 0) {
+      WatchUnsignalled();
+    } else {
+      // A failed io_getevents may have left events whose eventfd count is spent: look again soon.
+      // After a replacement of the eventfd, requests sent before it announce themselves on the old
+      // one: look every millisecond until nothing is in flight.
+      int timeout_ms = look_again_soon ? 10 : core::kIdleLookMs;
+      if (kernel_efd_replaced_.load(std::memory_order_relaxed)) {
+        if (in_kernel_.load(std::memory_order_seq_cst) == 0) {
+          kernel_efd_replaced_.store(false, std::memory_order_relaxed);
+        } else {
+          timeout_ms = 1;
+        }
+      }
+      WaitForCompletions(timeout_ms);
+      AcquireRole(reap_role_);
+      look_again_soon = !ReapAvailable(/*inline_caller=*/false);
+      ReleaseRole(reap_role_);
+    }
+    if (exiting_.load(std::memory_order_acquire) && in_kernel_.load(std::memory_order_acquire) == 0) break;
+  }
+}
+
+void Engine::WaitForCompletions(int timeout_ms) {
+  // poll, then read: a blocking read(2) cannot time out, and a program that closed the eventfd
+  // while we were in it would leave us reading a file nobody can signal.
+  const int fd = kernel_efd_.get();
+  struct pollfd pfd = {fd, POLLIN, 0};
+  const int got = poll(&pfd, 1, timeout_ms);
+  if (got > 0 && !(pfd.revents & POLLNVAL)) {
+    uint64_t value;
+    sys_.EventFdRead(fd, &value);  // a failure (fault injection) only means the ring is read anyway
+  } else if ((got == 0 && timeout_ms == core::kIdleLookMs) || (got > 0 && (pfd.revents & POLLNVAL))) {
+    if (kernel_efd_.RepairIfLost(fd)) kernel_efd_replaced_.store(true, std::memory_order_relaxed);
+  }
+}
+
+void Engine::WatchUnsignalled() {
+  reaper_watching_.store(true, std::memory_order_seq_cst);
+  while (unsignalled_.load(std::memory_order_seq_cst) > 0) {
+    // Requests without the eventfd flag announce nothing: look at the ring every millisecond (or
+    // at once when a flagged one completes). Only a wrong guess about an fd lands here, and that
+    // fd is then async for good, so this is rare; the reap role stays free meanwhile.
+    WaitForCompletions(1);
+    AcquireRole(reap_role_);
+    ReapAvailable(/*inline_caller=*/false);
+    ReleaseRole(reap_role_);
+    if (exiting_.load(std::memory_order_acquire) && in_kernel_.load(std::memory_order_acquire) == 0) break;
+  }
+  // seq_cst, with EnsureUnsignalledWatched: after this store the caller re-checks unsignalled_.
+  reaper_watching_.store(false, std::memory_order_seq_cst);
+}
+
+bool Engine::ReapAvailable(bool inline_caller) {
+  std::vector<struct io_event>& events = reap_events_;
+  bool emptied = true;
+  while (true) {
+    reaping_.store(true, std::memory_order_seq_cst);
+    if (in_kernel_.load(std::memory_order_seq_cst) == 0) break;
+    io_context_t ctx = reinterpret_cast<io_context_t>(context_.load(std::memory_order_acquire));
+    struct timespec zero = {0, 0};
+    int got = sys_.IoGetEvents(ctx, 0, options_.reap_batch, events.data(), &zero);
+    if (got == -EINTR) continue;
+    if (got < 0) {
+      if (!getevents_failing_) std::fprintf(stderr, "kaio: io_getevents failed: %s\n", std::strerror(-got));
+      getevents_failing_ = true;  // one message per run of failures, not one per retry
+      emptied = false;
+      break;
+    }
+    getevents_failing_ = false;
+    if (got == 0) break;
+    RouteEvents(events.data(), got, inline_caller);
+    // No early exit on a short batch: io_getevents may return fewer events than are ready, and the
+    // eventfd count that announced the rest is already consumed. Emptiness is the only exit (the
+    // ring is read in user space, so the final empty look costs no syscall).
+  }
+  reaping_.store(false, std::memory_order_seq_cst);
+  return emptied;
+}
+
+void Engine::RouteEvents(const struct io_event* events, int got, bool inline_caller) {
+  for (int i = 0; i < got; ++i) {
+    uint32_t index = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(events[i].data));
+    if (core::PlantedBug(core::PlantedBugKind::kLostCompletion)) continue;
+    // Errors are a negative res (res2 is 0); the seed read res2, which is wrong.
+    RouteKernelResult(index, static_cast<long>(events[i].res));
+  }
+  if (inline_caller) counters_.inline_reaped.fetch_add(static_cast<uint64_t>(got), std::memory_order_relaxed);
+  in_kernel_.fetch_sub(got, std::memory_order_seq_cst);
+  OnRoomFreed();
+}
+
+void Engine::OnRoomFreed() {
+  // The submitter may sleep waiting for room: wake it. Only then: a submitter that sleeps for
+  // want of work is not woken by every reap (measured: that was one needless wake-up, two context
+  // switches, per reaped batch). Called after every decrement of in_kernel_ (seq_cst, see the
+  // submitter's sleep).
+  if (room_wanted_.load(std::memory_order_seq_cst) && room_wanted_.exchange(false, std::memory_order_seq_cst)) {
+    work_seq_.fetch_add(2, std::memory_order_seq_cst);
+    WakeSubmitterOnce();
+  }
+}
+
+void Engine::RouteKernelResult(uint32_t index, int64_t result) {
+  core::Slot& slot = slots_.at(index);
+  // acquire: the kernel hand-off is invisible to TSan and to the memory model; this pairs with the
+  // submitter's release into kInKernel, so the iocb and flags it wrote are visible here.
+  uint64_t word = slot.word.load(std::memory_order_acquire);
+  Resignal(slot);  // whatever happens next (pool, another submission), it gets the eventfd back
+  // A lone read or write on a socket with an offset: kernel AIO says ESPIPE, where pread's ESPIPE
+  // makes glibc read; its lane ignores the offset.
+  if (result == -ESPIPE && MoveToLane(index, word)) return;
+  if ((slot.flags & core::kSlotNowait) && (result == -EAGAIN || result == -EOPNOTSUPP)) {
+    // The kernel would have blocked: the request is not done, it needs a thread that may block,
+    // or, on a stream, its lane (where it waits for readiness in no thread).
+    counters_.nowait_retries.fetch_add(1, std::memory_order_relaxed);
+    slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
+    slot.flags &= ~core::kSlotNowait;
+    if (MoveToLane(index, word)) return;
+    int fl = fcntl(slot.cb.aio_fildes, F_GETFL);
+    if (result == -EAGAIN && fl >= 0 && (fl & O_DIRECT)) {
+      // O_DIRECT refused for a moment (device queue full): back to the kernel, without NOWAIT.
+      slot.flags |= core::kSlotForceKernel;
+      if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kQueued),
+                                            std::memory_order_acq_rel)) {
+        if (!queue_.enqueue(*reaper_token_, index)) {
+          Complete(index, SlotState::kQueued, -ENOMEM);
+          return;
+        }
+        if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitterOnce();
+      }
+      return;
+    }
+    if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
+                                          std::memory_order_acq_rel)) {
+      PoolPush(index);
+    }
+    return;
+  }
+  if ((slot.flags & core::kSlotNowait) && result > 0 && StoppedShort(slot.cb, result)) {
+    // The non-blocking attempt moved only part (a pipe's capacity, the cached prefix of a file): the
+    // blocking call would have done it all, so the pool finishes the rest (a stream's lane, if it
+    // is one: it skips `partial` bytes of plain and vectored requests alike). A vectored request
+    // keeps the caller's iovec array untouched; the worker skips the first `partial` bytes of it.
+    slot.partial += static_cast<uint64_t>(result);
+    slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
+    slot.flags &= ~core::kSlotNowait;
+    if (MoveToLane(index, word)) return;
+    if (!IsVectored(slot.cb.aio_lio_opcode)) {
+      slot.cb.u.c.buf = static_cast<char*>(slot.cb.u.c.buf) + result;
+      slot.cb.u.c.nbytes -= static_cast<uint64_t>(result);
+    }
+    slot.cb.u.c.offset += result;
+    slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
+    slot.flags &= ~core::kSlotNowait;
+    if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
+                                          std::memory_order_acq_rel)) {
+      PoolPush(index);
+    }
+    return;
+  }
+  Complete(index, SlotState::kInKernel, result);
+}
+
+bool Engine::StoppedShort(const struct iocb& cb, int64_t result) {
+  if (static_cast<uint64_t>(result) >= RequestBytes(cb)) return false;
+  if (cb.aio_lio_opcode == IO_CMD_PWRITE || cb.aio_lio_opcode == IO_CMD_PWRITEV) return true;
+  if (cb.aio_lio_opcode != IO_CMD_PREAD && cb.aio_lio_opcode != IO_CMD_PREADV) return false;
+  // A short read of a pipe or socket is its real answer; of a regular file, only at end of file.
+  struct stat st;
+  return fstat(cb.aio_fildes, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
+}
+
+}  // namespace kaio::runtime

@@ -1,0 +1,354 @@
+// Engine, the submitter hop: drains the submit queue, owns the io context (set up, idle release),
+// and calls io_submit in batches; refusals go to the pool or a lane.
+#include "runtime/engine.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "core/kernel_errors.h"
+#include "core/planted_bug.h"
+#include "runtime/engine_internal.h"
+#include "runtime/stream_lanes.h"
+
+namespace kaio::runtime {
+
+using core::SubmitErrorClass;
+using core::ClassifySubmitError;
+
+// ---------------------------------------------------------------- submitter
+
+void Engine::SubmitterLoop() {
+  std::vector<uint32_t> batch(static_cast<size_t>(options_.submit_batch));
+  moodycamel::ConsumerToken consumer(queue_);
+  while (true) {
+    // acquire: pairs with producers' adds, so the drain below sees what they enqueued before.
+    uint64_t seq = work_seq_.load(std::memory_order_acquire);
+    AcquireRole(submit_role_);
+    int64_t room = options_.queue_depth - in_kernel_.load(std::memory_order_acquire);
+    size_t want = static_cast<size_t>(std::clamp<int64_t>(room, 0, options_.submit_batch));
+    size_t count = want == 0 ? 0 : queue_.try_dequeue_bulk(consumer, batch.data(), want);
+    if (count > 0) {
+      SubmitBatch(batch.data(), count, nullptr);
+      ReleaseRole(submit_role_);
+      continue;
+    }
+    if (exiting_.load(std::memory_order_acquire)) {
+      ReleaseRole(submit_role_);
+      break;
+    }
+    absl::Time now = absl::Now();
+    MaybeReleaseContext(now);
+    absl::Time deadline = absl::InfiniteFuture();
+    if (context_.load(std::memory_order_relaxed) != 0) {
+      deadline = std::max(last_kernel_activity_ + options_.idle_release, now + absl::Milliseconds(1));
+    }
+    ReleaseRole(submit_role_);
+    // Sleep, unless a producer added work since `seq` (then the CAS fails and we drain again).
+    if (!work_seq_.compare_exchange_strong(seq, seq | 1, std::memory_order_seq_cst)) continue;
+    if (want == 0) {
+      // Sleeping for room: ask the reaper to wake us. seq_cst on the flag and on in_kernel_, here
+      // and in ReapAvailable, so either we see its decrement or it sees the flag.
+      room_wanted_.store(true, std::memory_order_seq_cst);
+      if (in_kernel_.load(std::memory_order_seq_cst) < options_.queue_depth) {
+        room_wanted_.store(false, std::memory_order_relaxed);
+        work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);  // the reaper freed room meanwhile
+        continue;
+      }
+    }
+    WaitForWork(deadline);
+    work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);
+  }
+}
+
+void Engine::WaitForWork(absl::Time deadline) {
+  const int fd = submit_efd_.get();
+  struct pollfd pfd = {fd, POLLIN, 0};
+  // Bounded even when idle: a program that closes the eventfd while we wait here leaves us polling
+  // its old file, which nobody can write any more.
+  int timeout_ms = core::kIdleLookMs;
+  if (deadline != absl::InfiniteFuture()) {
+    timeout_ms = static_cast<int>(std::clamp<int64_t>(
+        absl::ToInt64Milliseconds(absl::Ceil(deadline - absl::Now(), absl::Milliseconds(1))), 0, timeout_ms));
+  }
+  const int got = poll(&pfd, 1, timeout_ms);
+  if (got > 0 && !(pfd.revents & POLLNVAL)) {
+    uint64_t value;
+    sys_.EventFdRead(fd, &value);
+  } else if (got == 0 || (pfd.revents & POLLNVAL)) {
+    submit_efd_.RepairIfLost(fd);  // one fstat per idle second
+  }
+}
+
+bool Engine::EnsureContext() {
+  if (context_.load(std::memory_order_relaxed) != 0) return true;
+  // After a failure, io_setup is tried again only after a back-off (the system-wide limit does not
+  // free up by the microsecond): a program doing 1,000 reads made 1,000 calls and printed 1,000 lines.
+  const absl::Time now = absl::Now();
+  if (now < next_setup_attempt_) return false;
+  io_context_t ctx = nullptr;
+  int rc = sys_.IoSetup(options_.queue_depth, &ctx);
+  if (rc < 0) {
+    setup_backoff_ = std::clamp(setup_backoff_ * 2, absl::Milliseconds(100), absl::Seconds(10));
+    next_setup_attempt_ = now + setup_backoff_;
+    if (setup_failure_reported_) return false;  // said once per run of failures
+    setup_failure_reported_ = true;
+    if (rc == -EAGAIN) {
+      std::fprintf(stderr,
+                   "kaio: io_setup(%d) failed with EAGAIN: the system-wide AIO limit is exhausted "
+                   "(fs.aio-nr=%s, fs.aio-max-nr=%s). Raise it with `sysctl -w fs.aio-max-nr=N` or lower "
+                   "ServiceOptions::queue_depth. Requests run in the blocking pool meanwhile; kaio tries "
+                   "again every few seconds and says nothing more until it succeeds.\n",
+                   options_.queue_depth, ReadProcValue("/proc/sys/fs/aio-nr").c_str(),
+                   ReadProcValue("/proc/sys/fs/aio-max-nr").c_str());
+    } else {
+      std::fprintf(stderr,
+                   "kaio: io_setup(%d) failed: %s; requests run in the blocking pool meanwhile (kaio "
+                   "tries again every few seconds and says nothing more until it succeeds).\n",
+                   options_.queue_depth, std::strerror(-rc));
+    }
+    return false;
+  }
+  if (setup_failure_reported_) std::fprintf(stderr, "kaio: io_setup(%d) succeeded again\n", options_.queue_depth);
+  setup_failure_reported_ = false;
+  setup_backoff_ = absl::ZeroDuration();
+  next_setup_attempt_ = absl::InfinitePast();
+  // release: Cancel() acquires the context to call io_cancel on it.
+  context_.store(reinterpret_cast<uintptr_t>(ctx), std::memory_order_release);
+  counters_.contexts_created.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+void Engine::MaybeReleaseContext(absl::Time now) {
+  uintptr_t ctx = context_.load(std::memory_order_relaxed);
+  if (ctx == 0 || now - last_kernel_activity_ < options_.idle_release) return;
+  // Only the submit role's holder (us, now) adds to in_kernel_, so once it reads 0 here it stays 0. The reaper sets
+  // reaping_ before it reads in_kernel_ and calls io_getevents (which reads the ring in user space:
+  // a released context would be unmapped memory); seq_cst on both sides means one of us sees the
+  // other.
+  if (in_kernel_.load(std::memory_order_seq_cst) != 0 || reaping_.load(std::memory_order_seq_cst)) return;
+  context_.store(0, std::memory_order_release);
+  sys_.IoDestroy(reinterpret_cast<io_context_t>(ctx));
+  counters_.contexts_released.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) {
+  struct iocb** cbs = submit_iocbs_.data();
+  size_t kernel_count = 0;
+  int64_t unsignalled_count = 0;
+  bool goes_to_device = false;
+  bool have_context = EnsureContext();
+  // Which requests need their call order kept (streams, O_APPEND writes): see DispatchOrder. A lone
+  // request goes the usual way only if the kernel can refuse what would block (RWF_NOWAIT: a pool
+  // to take the refusal, and a context).
+  const bool lone_may_go = kLoneRequestsSkipTheLook && have_context && options_.fallback_threads > 0;
+  KindCache kind_cache;
+  for (size_t i = 0; i < count; ++i) {
+    uint32_t index = batch[i];
+    core::Slot& slot = slots_.at(index);
+    // acquire: pairs with the producer's release into kQueued (or a canceller's CAS).
+    uint64_t word = slot.word.load(std::memory_order_acquire);
+    if (WordState(word) == SlotState::kCancelledQueued) {
+      Complete(index, SlotState::kCancelledQueued, -ECANCELED);
+      continue;
+    }
+    if (IsReadOrWrite(slot.cb.aio_lio_opcode) && slot.cb.u.c.offset < 0) {
+      // As pread/pwrite (and glibc's aio_read/aio_write, which call them): EINVAL before anything
+      // else is looked at, the fd included, and whatever kind of file it is (the stream lanes
+      // ignore offsets). The C++ API refuses a negative offset at submission already.
+      if (!Complete(index, SlotState::kQueued, -EINVAL)) Complete(index, SlotState::kCancelledQueued, -ECANCELED);
+      continue;
+    }
+    if (IsReadOrWrite(slot.cb.aio_lio_opcode)) {
+      const StreamLanes::Order classified = DispatchOrder(slot, lone_may_go, &kind_cache);
+      if (classified != StreamLanes::Order::kFree) {
+        slot.flags |= core::kSlotStream;  // before the release below, for Cancel and the pool
+        if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
+                                              std::memory_order_acq_rel, std::memory_order_acquire)) {
+          PushToLane(index, classified);
+        } else {
+          Complete(index, SlotState::kCancelledQueued, -ECANCELED);
+        }
+        continue;
+      }
+    }
+    if (!have_context || (slot.flags & core::kSlotForcePool)) {
+      if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
+                                            std::memory_order_acq_rel, std::memory_order_acquire)) {
+        PoolPush(index);
+      } else {
+        Complete(index, SlotState::kCancelledQueued, -ECANCELED);
+      }
+      continue;
+    }
+    if (IsReadOrWrite(slot.cb.aio_lio_opcode) && !(slot.flags & core::kSlotForceKernel) &&
+        options_.fallback_threads > 0) {
+      // Ask the kernel to refuse (EAGAIN) rather than block us; refusals go to the pool.
+      slot.cb.aio_rw_flags |= RWF_NOWAIT;
+      slot.flags |= core::kSlotNowait;
+    }
+    // An inline caller reaps right after io_submit: for an fd whose requests finish inside it,
+    // the eventfd would only wake the reaper for nothing (see fd_kind_).
+    const bool completes_inline = FdCompletesInline(slot.cb.aio_fildes);
+    if (!completes_inline) goes_to_device = true;
+    const bool unsignalled = requeue != nullptr && (slot.flags & core::kSlotNowait) && completes_inline;
+    if (unsignalled) {
+      slot.cb.u.c.flags &= ~kIocbFlagResfd;
+      slot.flags |= core::kSlotUnsignalled;
+    }
+    if (!slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kInKernel),
+                                           std::memory_order_acq_rel, std::memory_order_acquire)) {
+      if (unsignalled) {
+        slot.cb.u.c.flags |= kIocbFlagResfd;
+        slot.flags &= ~core::kSlotUnsignalled;
+      }
+      Complete(index, SlotState::kCancelledQueued, -ECANCELED);  // cancelled just now
+      continue;
+    }
+    if (unsignalled) ++unsignalled_count;
+    if (requeue != nullptr) {
+      submit_meta_[kernel_count] = Submitted{index, WordGeneration(word), slot.cb.aio_fildes,
+                                             IsReadOrWrite(slot.cb.aio_lio_opcode)};
+    }
+    if (core::PlantedBug(core::PlantedBugKind::kMisdirectedWrite) &&
+        (slot.cb.aio_lio_opcode == IO_CMD_PWRITE || slot.cb.aio_lio_opcode == IO_CMD_PWRITEV)) {
+      slot.cb.u.c.offset ^= 4096;
+    }
+    cbs[kernel_count++] = &slot.cb;
+  }
+  if (kernel_count == 0) return false;
+  io_context_t ctx = reinterpret_cast<io_context_t>(context_.load(std::memory_order_relaxed));
+  // Counted before io_submit: a completion can be reaped before io_submit returns.
+  in_kernel_.fetch_add(static_cast<int64_t>(kernel_count), std::memory_order_seq_cst);
+  if (unsignalled_count > 0) unsignalled_.fetch_add(unsignalled_count, std::memory_order_seq_cst);
+  last_kernel_activity_ = absl::Now();
+  size_t done = 0;
+  int eagain_streak = 0;
+  while (done < kernel_count) {
+    int64_t start = NowNs();
+    // A call's requests reach the device only when it returns (the block layer plugs them): split
+    // a batch that goes to a device (see ServiceOptions::device_submit_chunk).
+    size_t nr = kernel_count - done;
+    if (goes_to_device) nr = std::min(nr, device_chunk_);
+    int rc = sys_.IoSubmit(ctx, static_cast<long>(nr), cbs + done);
+    int64_t took = NowNs() - start;
+    counters_.io_submit_calls.fetch_add(1, std::memory_order_relaxed);
+    if (took > counters_.max_io_submit_ns.load(std::memory_order_relaxed)) {
+      counters_.max_io_submit_ns.store(took, std::memory_order_relaxed);  // single writer
+    }
+    if (rc > 0) {
+      if (requeue != nullptr) {
+        for (int i = 0; i < rc; ++i) learn_.push_back(submit_meta_[done + static_cast<size_t>(i)]);
+      }
+      counters_.kernel_submitted.fetch_add(static_cast<uint64_t>(rc), std::memory_order_relaxed);
+      done += static_cast<size_t>(rc);
+      eagain_streak = 0;
+      continue;
+    }
+    struct iocb* first = cbs[done];
+    // EBADF or EINVAL for the completion eventfd (IOCB_FLAG_RESFD), not the request: the program
+    // closed it or put another file on its number. Replace it and send the rest again.
+    if ((rc == -EBADF || rc == -EINVAL) && (first->u.c.flags & kIocbFlagResfd) &&
+        kernel_efd_.RepairIfLost(static_cast<int>(first->u.c.resfd))) {
+      kernel_efd_replaced_.store(true, std::memory_order_relaxed);  // a hint for the reaper's timeout
+      const int now_fd = kernel_efd_.get();
+      for (size_t i = done; i < kernel_count; ++i) cbs[i]->u.c.resfd = static_cast<unsigned>(now_fd);
+      continue;
+    }
+    uint32_t index = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(first->data));
+    core::Slot& slot = slots_.at(index);
+    if (rc != -EINTR) Resignal(slot);  // the kernel did not take it (only EINTR retries it as it is)
+    switch (ClassifySubmitError(rc == 0 ? -EAGAIN : rc, slot.flags & core::kSlotNowait)) {
+      case SubmitErrorClass::kInterrupted:
+        continue;
+      case SubmitErrorClass::kRetryLater: {
+        counters_.io_submit_eagain.fetch_add(1, std::memory_order_relaxed);
+        if (requeue != nullptr) {
+          // An inline caller must not wait for room: the rest goes back to the queue (never
+          // seen by the kernel, so still cancellable) for the submitter thread.
+          for (size_t i = done; i < kernel_count; ++i) {
+            uint32_t rest = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(cbs[i]->data));
+            core::Slot& s = slots_.at(rest);
+            Resignal(s);
+            uint64_t w = s.word.load(std::memory_order_acquire);
+            if (s.word.compare_exchange_strong(w, core::PackWord(WordGeneration(w), SlotState::kQueued),
+                                               std::memory_order_acq_rel)) {
+              if (!queue_.enqueue(*requeue, rest)) Complete(rest, SlotState::kQueued, -ENOMEM);
+            } else {
+              Complete(rest, SlotState::kInKernel, -EAGAIN);
+            }
+          }
+          in_kernel_.fetch_sub(static_cast<int64_t>(kernel_count - done), std::memory_order_seq_cst);
+          OnRoomFreed();
+          work_seq_.fetch_add(2, std::memory_order_seq_cst);
+          WakeSubmitterOnce();
+          return true;
+        }
+        // The kernel's ring is full (other users of this context's share of aio-nr, or a fault).
+        // Wait for the reaper to make room; if nothing of ours is in flight, the refusal is not
+        // about our own queue, so after a while the rest goes to the blocking pool.
+        int64_t ours_in_kernel = in_kernel_.load(std::memory_order_acquire) - static_cast<int64_t>(kernel_count - done);
+        if (ours_in_kernel <= 0 && ++eagain_streak > 100) {
+          for (size_t i = done; i < kernel_count; ++i) {
+            uint32_t rest = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(cbs[i]->data));
+            core::Slot& s = slots_.at(rest);
+            Resignal(s);
+            uint64_t w = s.word.load(std::memory_order_acquire);
+            if (options_.fallback_threads > 0 &&
+                s.word.compare_exchange_strong(w, core::PackWord(WordGeneration(w), SlotState::kPoolQueued),
+                                               std::memory_order_acq_rel)) {
+              PoolPush(rest);
+            } else {
+              Complete(rest, SlotState::kInKernel, -EAGAIN);
+            }
+          }
+          in_kernel_.fetch_sub(static_cast<int64_t>(kernel_count - done), std::memory_order_seq_cst);
+          OnRoomFreed();
+          return false;
+        }
+        uint64_t seq = work_seq_.load(std::memory_order_acquire);
+        if (work_seq_.compare_exchange_strong(seq, seq | 1, std::memory_order_seq_cst)) {
+          room_wanted_.store(true, std::memory_order_seq_cst);
+          WaitForWork(absl::Now() + absl::Milliseconds(1));
+          work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);
+        }
+        continue;
+      }
+      case SubmitErrorClass::kUnsupported: {
+        // This fd cannot promise not to block: run it in the pool (or its lane, for a tty).
+        uint64_t w = slot.word.load(std::memory_order_acquire);
+        if (MoveToLane(index, w)) break;
+        if (slot.word.compare_exchange_strong(w, core::PackWord(WordGeneration(w), SlotState::kPoolQueued),
+                                              std::memory_order_acq_rel)) {
+          PoolPush(index);
+        }
+        break;
+      }
+      case SubmitErrorClass::kFailRequest:
+        // ESPIPE: as in RouteKernelResult (a lone socket request with an offset).
+        if (rc == -ESPIPE && MoveToLane(index, slot.word.load(std::memory_order_acquire))) break;
+        Complete(index, SlotState::kInKernel, rc);
+        break;
+    }
+    in_kernel_.fetch_sub(1, std::memory_order_seq_cst);
+    OnRoomFreed();
+    ++done;
+  }
+  return false;
+}
+
+}  // namespace kaio::runtime
