@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/mailbox.h"
 #include "core/planted_bug.h"
+#include "core/request.h"
 #include "runtime/engine.h"
 
 namespace kaio {
@@ -364,10 +365,9 @@ int64_t Requester::Return(Ticket ticket) {
   }
   if (WordState(word) != SlotState::kCompleted) return -EINPROGRESS;
   int64_t result = slot.result.load(std::memory_order_relaxed);
-  uint64_t returned = core::PackWord(WordGeneration(word), SlotState::kReturned);
+  const uint64_t returned = core::PackWord(WordGeneration(word), SlotState::kReturned);
   const bool in_local_list = slot.in_local_list;
-  // Only this thread moves our slots out of kCompleted, so a plain store is enough.
-  slot.word.store(returned, std::memory_order_release);
+  core::MarkReturned(slot, word);  // only this thread moves our slots out of kCompleted
   if (in_local_list) {
     mailbox_->Unlink(index);
     slots.Free(index, returned);

@@ -3,13 +3,16 @@
 // A request lives in one Slot from submission until its completion is consumed:
 //   free -> claimed -> queued -> in kernel | pool queued -> pool running -> completed -> (returned) -> free
 // (a stream lane's request goes pool queued <-> stream trying until it completes),
-// with cancelled-queued as a side exit from queued / pool queued. Every transition is a
-// compare-and-swap on Slot::word, which packs the generation with the state, so a stale ticket can
-// never move a reused slot, and exactly one thread wins each transition (which is what makes every
-// request complete exactly once).
+// with cancelled-queued as a side exit from queued / pool queued. The transitions are the named
+// functions of core/request.h, the only writers of Slot::word besides the free stack here. Slot::word
+// packs the generation with the state, so a stale ticket can never move a reused slot. A state that
+// several threads may leave (queued, pool queued, in kernel, every live state into completed) is
+// left only by compare-and-swap, so exactly one thread wins (which is what makes every request
+// complete exactly once); a state only its holder can leave (claimed, stream trying, completed for
+// the owner's Return) is left by a plain release store.
 //
-// Memory ordering: a transition that hands the slot to another thread is a release RMW; the thread
-// that takes it over observes it with an acquire load or RMW. The kernel is invisible to TSan, so
+// Memory ordering: a transition that hands the slot to another thread is a release store or RMW;
+// the thread that takes it over observes it with an acquire load or RMW. The kernel is invisible to TSan, so
 // the submitter's release (queued -> in kernel happens before io_submit) and the reaper's acquire
 // RMW (in kernel -> completed) provide the happens-before edge the kernel hand-off lacks.
 #ifndef KAIO_CORE_SLOT_H_

@@ -20,6 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/planted_bug.h"
+#include "core/request.h"
 #include "core/kernel_errors.h"
 #include "runtime/engine_internal.h"
 #include "runtime/stream_lanes.h"
@@ -130,10 +131,7 @@ uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
   uint32_t index = slots_.Acquire();
   if (index == kNoSlot) return kNoSlot;
   core::Slot& slot = slots_.at(index);
-  // We own the slot exclusively (Acquire took it off the free stack); relaxed is enough until the
-  // release in Enqueue publishes it.
-  uint64_t word = slot.word.load(std::memory_order_relaxed);
-  slot.word.store(core::PackWord(WordGeneration(word), SlotState::kClaimed), std::memory_order_relaxed);
+  core::MarkClaimed(slot);  // ours alone (Acquire took it off the free stack) until Enqueue publishes it
   std::memset(&slot.cb, 0, sizeof(slot.cb));
   slot.cb.data = reinterpret_cast<void*>(static_cast<uintptr_t>(index));
   io_set_eventfd(&slot.cb, kernel_efd_.get());
@@ -153,8 +151,7 @@ void Engine::Unclaim(uint32_t index) {
 bool Engine::QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submitter_sleeps) {
   core::Slot& slot = slots_.at(index);
   uint64_t word = slot.word.load(std::memory_order_relaxed);
-  // release: the submitter (or a canceller) that acquires kQueued sees the filled iocb.
-  slot.word.store(core::PackWord(WordGeneration(word), SlotState::kQueued), std::memory_order_release);
+  core::Publish(slot, word, SlotState::kQueued);  // the submitter (or a canceller) sees the filled iocb
   if (!queue_.enqueue(token, index)) {
     // moodycamel fails only when it cannot allocate a block: complete the request with ENOMEM
     // rather than lose it.
@@ -181,8 +178,7 @@ void Engine::EnqueueToPool(uint32_t index) {
                                        ? DispatchOrder(slot, /*lone_may_go=*/false, nullptr)
                                        : StreamLanes::Order::kFree;
   if (order != StreamLanes::Order::kFree) slot.flags |= core::kSlotStream;
-  // release: the worker, lane (or a canceller) that acquires kPoolQueued sees the filled iocb.
-  slot.word.store(core::PackWord(WordGeneration(word), SlotState::kPoolQueued), std::memory_order_release);
+  core::Publish(slot, word, SlotState::kPoolQueued);  // the worker, lane (or a canceller) sees the iocb
   if (order == StreamLanes::Order::kFree) {
     PoolPush(index);
   } else {
@@ -226,12 +222,8 @@ bool Engine::Complete(uint32_t index, SlotState from, int64_t result) {
   uint64_t word = slot.word.load(std::memory_order_relaxed);
   if (WordState(word) != from) return false;
   slot.result.store(result, std::memory_order_relaxed);
-  // seq_cst: publishes the result (release) and orders the state before the sink's wake-up check,
-  // so a WaitAll that re-checks states after arming cannot miss it.
-  if (!slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kCompleted),
-                                         std::memory_order_seq_cst, std::memory_order_relaxed)) {
-    return false;
-  }
+  // Publishes the result, ordered before the sink's wake-up check (see core::MarkCompleted).
+  if (!core::MarkCompleted(slot, word)) return false;
   counters_.completed.fetch_add(1, std::memory_order_relaxed);
   if (result == -ECANCELED) {
     counters_.cancelled.fetch_add(1, std::memory_order_relaxed);
@@ -275,9 +267,8 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
         [[fallthrough]];
       case SlotState::kQueued:
         // Whoever holds it (submitter, pool or a stream lane) completes it with ECANCELED instead
-        // of running it. acq_rel: the holder's CAS out of kQueued fails and it sees our state.
-        if (slot.word.compare_exchange_weak(word, core::PackWord(generation, SlotState::kCancelledQueued),
-                                            std::memory_order_acq_rel, std::memory_order_acquire)) {
+        // of running it: the holder's Move out of kQueued fails and it sees our state.
+        if (core::MoveWeak(slot, word, SlotState::kCancelledQueued)) {
           // A lane's request may wait behind an idle stream: have the lanes complete it now. (Not
           // slot.flags to tell: once the CAS is done its holder may complete it and the owner reuse
           // the slot. Kicking for a pool request costs the lanes a look, no more.)

@@ -22,6 +22,7 @@
 
 #include "core/kernel_errors.h"
 #include "core/planted_bug.h"
+#include "core/request.h"
 #include "runtime/engine_internal.h"
 #include "runtime/stream_lanes.h"
 
@@ -95,8 +96,7 @@ void Engine::PoolLoop() {
     const int lane_fd = slot.cb.aio_fildes;
     const short lane_op = slot.cb.aio_lio_opcode;
     if (WordState(word) == SlotState::kPoolQueued &&
-        slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolRunning),
-                                          std::memory_order_acq_rel)) {
+        core::Move(slot, word, SlotState::kPoolRunning)) {
       counters_.pool_running.fetch_add(1, std::memory_order_relaxed);
       int64_t result = RunBlocking(slot.cb, slot.partial);
       if (slot.partial > 0) {

@@ -22,6 +22,7 @@
 
 #include "core/kernel_errors.h"
 #include "core/planted_bug.h"
+#include "core/request.h"
 #include "runtime/engine_internal.h"
 #include "runtime/stream_lanes.h"
 
@@ -126,8 +127,7 @@ bool Engine::MoveToLane(uint32_t index, uint64_t word) {
   const uint32_t flags = slot.flags;
   slot.flags = (flags & ~core::kSlotOutside) | core::kSlotStream;
   // acq_rel: the lane that acquires kPoolQueued sees the iocb and flags.
-  if (!slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
-                                         std::memory_order_acq_rel, std::memory_order_acquire)) {
+  if (!core::Move(slot, word, SlotState::kPoolQueued)) {
     slot.flags = flags;
     return false;
   }

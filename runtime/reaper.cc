@@ -22,6 +22,7 @@
 
 #include "core/kernel_errors.h"
 #include "core/planted_bug.h"
+#include "core/request.h"
 #include "runtime/engine_internal.h"
 #include "runtime/stream_lanes.h"
 
@@ -158,8 +159,7 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
     if (result == -EAGAIN && fl >= 0 && (fl & O_DIRECT)) {
       // O_DIRECT refused for a moment (device queue full): back to the kernel, without NOWAIT.
       slot.flags |= core::kSlotForceKernel;
-      if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kQueued),
-                                            std::memory_order_acq_rel)) {
+      if (core::Move(slot, word, SlotState::kQueued)) {
         if (!queue_.enqueue(*reaper_token_, index)) {
           Complete(index, SlotState::kQueued, -ENOMEM);
           return;
@@ -168,8 +168,7 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
       }
       return;
     }
-    if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
-                                          std::memory_order_acq_rel)) {
+    if (core::Move(slot, word, SlotState::kPoolQueued)) {
       PoolPush(index);
     }
     return;
@@ -190,8 +189,7 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
     slot.cb.u.c.offset += result;
     slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
     slot.flags &= ~core::kSlotNowait;
-    if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
-                                          std::memory_order_acq_rel)) {
+    if (core::Move(slot, word, SlotState::kPoolQueued)) {
       PoolPush(index);
     }
     return;

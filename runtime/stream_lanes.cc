@@ -13,6 +13,7 @@
 #include <atomic>
 #include <system_error>
 
+#include "core/request.h"
 #include "core/syscalls.h"
 #include "runtime/engine.h"
 
@@ -288,8 +289,7 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
     // acq_rel: from here the head is ours (Cancel waits for the attempt's outcome). A head that
     // has moved data waits in kPoolRunning (see below), where Cancel cannot take it.
     if ((WordState(word) != SlotState::kPoolQueued && WordState(word) != SlotState::kPoolRunning) ||
-        !slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kStreamTrying),
-                                           std::memory_order_acq_rel, std::memory_order_acquire)) {
+        !core::Move(slot, word, SlotState::kStreamTrying)) {
       continue;  // cancelled just now: the next round sees kCancelledQueued
     }
     // Every request tries its offset first (ESPIPE: a pipe or socket, which has none): what a lane
@@ -333,7 +333,7 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
       ReleaseHeldLocked(same);  // the pool's blocking call uses the number, as glibc's helper would
       same.pool_only = true;
       // release: the worker that acquires kPoolQueued sees the iocb (nothing moved: cancellable).
-      slot.word.store(core::PackWord(WordGeneration(word), SlotState::kPoolQueued), std::memory_order_release);
+      core::Publish(slot, word, SlotState::kPoolQueued);
       SendHeadToPoolLocked(same, &to_pool);
       break;
     }
@@ -342,7 +342,7 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
     // no longer be cancelled: kPoolRunning, not kPoolQueued, or a Cancel that read `partial` before
     // this attempt would find the very word it expects and win its CAS.
     const SlotState waits = slot.partial > 0 ? SlotState::kPoolRunning : SlotState::kPoolQueued;
-    slot.word.store(core::PackWord(WordGeneration(word), waits), std::memory_order_release);
+    core::Publish(slot, word, waits);
     if (attempt == Attempt::kYield) {
       // Other streams get a turn, then it goes on, on the file it started on (-1 if no duplicate
       // can be had: the number).

@@ -22,6 +22,7 @@
 
 #include "core/kernel_errors.h"
 #include "core/planted_bug.h"
+#include "core/request.h"
 #include "runtime/engine_internal.h"
 #include "runtime/stream_lanes.h"
 
@@ -177,8 +178,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       const StreamLanes::Order classified = DispatchOrder(slot, lone_may_go, &kind_cache);
       if (classified != StreamLanes::Order::kFree) {
         slot.flags |= core::kSlotStream;  // before the release below, for Cancel and the pool
-        if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
-                                              std::memory_order_acq_rel, std::memory_order_acquire)) {
+        if (core::Move(slot, word, SlotState::kPoolQueued)) {
           PushToLane(index, classified);
         } else {
           Complete(index, SlotState::kCancelledQueued, -ECANCELED);
@@ -187,8 +187,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       }
     }
     if (!have_context || (slot.flags & core::kSlotForcePool)) {
-      if (slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kPoolQueued),
-                                            std::memory_order_acq_rel, std::memory_order_acquire)) {
+      if (core::Move(slot, word, SlotState::kPoolQueued)) {
         PoolPush(index);
       } else {
         Complete(index, SlotState::kCancelledQueued, -ECANCELED);
@@ -210,8 +209,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       slot.cb.u.c.flags &= ~kIocbFlagResfd;
       slot.flags |= core::kSlotUnsignalled;
     }
-    if (!slot.word.compare_exchange_strong(word, core::PackWord(WordGeneration(word), SlotState::kInKernel),
-                                           std::memory_order_acq_rel, std::memory_order_acquire)) {
+    if (!core::Move(slot, word, SlotState::kInKernel)) {
       if (unsignalled) {
         slot.cb.u.c.flags |= kIocbFlagResfd;
         slot.flags &= ~core::kSlotUnsignalled;
@@ -285,8 +283,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
             core::Slot& s = slots_.at(rest);
             Resignal(s);
             uint64_t w = s.word.load(std::memory_order_acquire);
-            if (s.word.compare_exchange_strong(w, core::PackWord(WordGeneration(w), SlotState::kQueued),
-                                               std::memory_order_acq_rel)) {
+            if (core::Move(s, w, SlotState::kQueued)) {
               if (!queue_.enqueue(*requeue, rest)) Complete(rest, SlotState::kQueued, -ENOMEM);
             } else {
               Complete(rest, SlotState::kInKernel, -EAGAIN);
@@ -309,8 +306,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
             Resignal(s);
             uint64_t w = s.word.load(std::memory_order_acquire);
             if (options_.fallback_threads > 0 &&
-                s.word.compare_exchange_strong(w, core::PackWord(WordGeneration(w), SlotState::kPoolQueued),
-                                               std::memory_order_acq_rel)) {
+                core::Move(s, w, SlotState::kPoolQueued)) {
               PoolPush(rest);
             } else {
               Complete(rest, SlotState::kInKernel, -EAGAIN);
@@ -332,8 +328,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
         // This fd cannot promise not to block: run it in the pool (or its lane, for a tty).
         uint64_t w = slot.word.load(std::memory_order_acquire);
         if (MoveToLane(index, w)) break;
-        if (slot.word.compare_exchange_strong(w, core::PackWord(WordGeneration(w), SlotState::kPoolQueued),
-                                              std::memory_order_acq_rel)) {
+        if (core::Move(slot, w, SlotState::kPoolQueued)) {
           PoolPush(index);
         }
         break;
