@@ -15,8 +15,8 @@ namespace {
 // Every number a HiddenFd of this process believes it holds. All eventfds and epoll sets share one
 // anonymous inode, so fstat cannot tell kaio's own replacement on a lost number from the file that
 // was there: a new descriptor must never land on a number another HiddenFd still believes in (the
-// lanes' new epoll set on the engine's lost eventfd number made io_submit say EINVAL for good:
-// Conformance.AioGoesOnAfterTheProgramClosesEveryHighDescriptor, then every O_DIRECT read).
+// lanes' new epoll set on the engine's lost eventfd number would pass for the eventfd, and io_submit
+// would say EINVAL for every request from then on).
 std::mutex& RegistryMutex() {
   static std::mutex* mu = new std::mutex;  // never destroyed: used from late destructors
   return *mu;
@@ -103,6 +103,7 @@ bool HiddenFd::Open() {
   const int fd = PlaceAndRegister(make_());
   if (fd < 0) return false;
   Identify(fd, &dev_, &ino_);
+  // relaxed: the number publishes nothing (see get()); dev_ and ino_ are guarded by mu_.
   fd_.store(fd, std::memory_order_relaxed);
   return true;
 }
@@ -117,6 +118,7 @@ bool HiddenFd::RepairIfLost(int seen) {
   if (fd < 0) return false;  // no descriptor to be had: the next failure or timeout tries again
   Unregister(seen);  // the program's number now (after the new one is placed: it must avoid it)
   Identify(fd, &dev_, &ino_);
+  // relaxed: the number publishes nothing (see get()); dev_ and ino_ are guarded by mu_.
   fd_.store(fd, std::memory_order_relaxed);
   return true;
 }

@@ -23,16 +23,20 @@ Mailbox::~Mailbox() { close(event_fd_); }
 
 void Mailbox::Deliver(uint32_t index) {
   Slot& slot = slots_.at(index);
+  // relaxed: the CAS below checks it, and nothing is read through it (it is only linked to).
   uint32_t head = shared_head_.load(std::memory_order_relaxed);
   do {
     slot.mailbox_next = head;
     // seq_cst: releases mailbox_next and the result to the owner, and orders the push before the
-    // armed_ check below (see the header).
+    // armed_ check below (see the header). Relaxed on failure: the new head is only linked to.
   } while (!shared_head_.compare_exchange_weak(head, index + 1, std::memory_order_seq_cst,
                                                std::memory_order_relaxed));
   // After the push, so whoever sees `delivered` match `accepted` finds every slot in the stack;
   // seq_cst, because an owner waiting for that match arms first and re-checks it.
   delivered.fetch_add(1, std::memory_order_seq_cst);
+  // seq_cst, both: the producer's side of the wake-up handshake (see the header), after the push. A
+  // plain load first, so a completion for an owner that is not armed costs no RMW; the exchange picks
+  // the one producer that writes the eventfd.
   if (armed_.load(std::memory_order_seq_cst) &&
       armed_.exchange(false, std::memory_order_seq_cst)) {
     // Only the producer that disarmed writes, so one wake-up per sleep, however many completions.
@@ -62,6 +66,8 @@ void Mailbox::Drain() {
     uint32_t index = first - 1;
     Slot& slot = slots_.at(index);
     first = slot.mailbox_next;
+    // acquire: pairs with MarkReturned's release (core/request.h), though that is the owner's own
+    // store, made on this thread.
     uint64_t word = slot.word.load(std::memory_order_acquire);
     if (WordState(word) == SlotState::kReturned) {
       slots_.Free(index, word);  // the owner already took the result
@@ -116,6 +122,7 @@ void Mailbox::ConsumeWakeToken() {
 void Mailbox::Arm() {
   if (armed_by_owner_) {
     // Still armed: nothing to do. Disarmed by a producer: take its token, then arm again.
+    // seq_cst, as the arm store: true means that arm is still in force (no producer took it).
     if (armed_.load(std::memory_order_seq_cst)) return;
     ConsumeWakeToken();
   }
@@ -126,10 +133,13 @@ void Mailbox::Arm() {
 void Mailbox::Disarm() {
   if (!armed_by_owner_) return;
   armed_by_owner_ = false;
+  // seq_cst RMW: exactly one of the owner and the producers takes the flag; if a producer took it,
+  // its eventfd write is on its way.
   if (!armed_.exchange(false, std::memory_order_seq_cst)) ConsumeWakeToken();
 }
 
 void Mailbox::SelfWake() {
+  // seq_cst, both: as a producer's in Deliver().
   if (armed_.load(std::memory_order_seq_cst) && armed_.exchange(false, std::memory_order_seq_cst)) {
     sys_.EventFdWrite(event_fd_, 1);
   }
@@ -137,6 +147,8 @@ void Mailbox::SelfWake() {
 
 void Mailbox::ResetForNewOwner() {
   Disarm();
+  // relaxed: nothing is outstanding (no completer touches the counts), and the new owner gets the
+  // mailbox through the Service's mutex, which orders these stores before its first use.
   accepted.store(0, std::memory_order_relaxed);
   delivered.store(0, std::memory_order_relaxed);
   local_head_ = local_tail_ = 0;

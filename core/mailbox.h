@@ -42,6 +42,7 @@ class Mailbox : public CompletionSink {
   // The oldest completion in the local list (left in place), or SlotTable::kNoSlot.
   uint32_t PeekLocal() const { return local_head_ == 0 ? SlotTable::kNoSlot : local_head_ - 1; }
   void Unlink(uint32_t index);
+  // seq_cst: the owner's re-check after Arm() (see Memory ordering above).
   bool SharedEmpty() const { return shared_head_.load(std::memory_order_seq_cst) == 0; }
   bool LocalEmpty() const { return local_head_ == 0; }
 

@@ -25,6 +25,7 @@ enum class PlantedBugKind { kDoubleCompletion = 1, kLostCompletion, kLeakedSlot,
 inline bool PlantedBug(PlantedBugKind kind) {
   if (static_cast<int>(kind) != KAIO_PLANTED_BUG) return false;
   static std::atomic<uint64_t> calls{0};
+  // relaxed: only the count matters (which call misbehaves); nothing is published through it.
   return calls.fetch_add(1, std::memory_order_relaxed) % 1000 == 499;
 }
 #else

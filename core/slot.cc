@@ -8,10 +8,12 @@ SlotTable::SlotTable(uint32_t max_slots)
     : max_slots_(max_slots),
       max_chunks_((max_slots + kChunkSize - 1) / kChunkSize),
       chunks_(new std::atomic<Slot*>[max_chunks_]) {
+  // relaxed: the table is not shared yet.
   for (uint32_t i = 0; i < max_chunks_; ++i) chunks_[i].store(nullptr, std::memory_order_relaxed);
 }
 
 SlotTable::~SlotTable() {
+  // relaxed: the table is shared no more (its owner is destroying it).
   for (uint32_t i = 0; i < max_chunks_; ++i) delete[] chunks_[i].load(std::memory_order_relaxed);
 }
 
@@ -26,7 +28,8 @@ uint32_t SlotTable::TryPop() {
     // CAS below then fails.
     uint32_t next = at(index).free_next.load(std::memory_order_relaxed);
     uint64_t tag = (head >> 32) + 1;
-    // acquire on success: take over the slot the releaser published.
+    // acquire on success: take over the slot the releaser published; on failure too, since the
+    // next try reads the new head's free_next.
     if (free_head_.compare_exchange_weak(head, (tag << 32) | next, std::memory_order_acquire,
                                          std::memory_order_acquire)) {
       return index;
@@ -41,10 +44,13 @@ uint32_t SlotTable::Acquire() {
 
 void SlotTable::Release(uint32_t index) {
   Slot& slot = at(index);
+  // relaxed: the CAS below checks it, and nothing is read through it.
   uint64_t head = free_head_.load(std::memory_order_relaxed);
   while (true) {
+    // relaxed: published by the release CAS below.
     slot.free_next.store(static_cast<uint32_t>(head), std::memory_order_relaxed);
-    // release: publishes free_next and everything done to the slot before it was freed.
+    // release: publishes free_next and everything done to the slot before it was freed. Relaxed on
+    // failure: the new head is only linked to.
     if (free_head_.compare_exchange_weak(head, (head & ~uint64_t{0xffffffff}) | (index + 1),
                                          std::memory_order_release, std::memory_order_relaxed)) {
       return;
@@ -55,6 +61,7 @@ void SlotTable::Release(uint32_t index) {
 bool SlotTable::Free(uint32_t index, uint64_t expected) {
   uint64_t freed = PackWord(NextGeneration(WordGeneration(expected)), SlotState::kFree);
   // acq_rel: acquire what the last user of the slot wrote; release our reads before the next user.
+  // Relaxed on failure: nothing changed, and the caller only learns that.
   if (!at(index).word.compare_exchange_strong(expected, freed, std::memory_order_acq_rel,
                                               std::memory_order_relaxed)) {
     return false;
@@ -67,6 +74,7 @@ uint32_t SlotTable::Grow() {
   std::lock_guard<std::mutex> lock(grow_mu_);
   // Another thread may have grown the table, or released slots, while we waited for the lock.
   if (uint32_t index = TryPop(); index != kNoSlot) return index;
+  // relaxed: allocated_ is written only under grow_mu_, which we hold.
   uint32_t base = allocated_.load(std::memory_order_relaxed);
   uint32_t chunk = base >> kChunkBits;
   if (base >= max_slots_ || chunk >= max_chunks_) return kNoSlot;
@@ -74,6 +82,7 @@ uint32_t SlotTable::Grow() {
   uint32_t usable = std::min(kChunkSize, max_slots_ - base);
   Slot* slots = new Slot[kChunkSize];
   for (uint32_t i = 0; i < kChunkSize; ++i) {
+    // relaxed: the chunk is published by the release store below.
     slots[i].word.store(PackWord(1, SlotState::kFree), std::memory_order_relaxed);
   }
   // release: a thread that sees the new allocated_ count (acquire) also sees the initialised chunk.

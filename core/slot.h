@@ -123,8 +123,11 @@ class SlotTable {
   }
   // True if index names a slot that exists (tickets from outside are checked with this first).
   bool Contains(uint32_t index) const {
+    // acquire: pairs with Grow()'s release store of allocated_, so the chunk of every index below it is
+    // published.
     return index < allocated_.load(std::memory_order_acquire);
   }
+  // acquire: as in Contains().
   uint32_t allocated() const { return allocated_.load(std::memory_order_acquire); }
 
  private:

@@ -35,9 +35,9 @@ class Syscalls {
 
 // Moves one of kaio's own descriptors (eventfds, the stream lanes' epoll set) out of the low
 // numbers programs reuse: a program that dup2s onto 3, 4, 5... or closes a range it thinks is free
-// must not hit kaio's (glibc's AIO holds none; a dup2 onto kaio's completion eventfd made every
-// later request fail, and one onto the submitter's wake-up fd had kaio write 8 bytes into the
-// program's file). Returns the new number, at or above min(960, 3/4 of RLIMIT_NOFILE's soft
+// must not hit kaio's (glibc's AIO holds none; a dup2 onto kaio's completion eventfd would make
+// every later request fail, and one onto the submitter's wake-up fd would have kaio write 8 bytes
+// into the program's file). Returns the new number, at or above min(960, 3/4 of RLIMIT_NOFILE's soft
 // limit), with `fd` closed; or `fd` itself when no such number is free. Keeps O_CLOEXEC.
 int MoveOutOfTheWay(int fd);
 

@@ -105,13 +105,16 @@ Engine::Engine(const ServiceOptions& options, core::Syscalls& sys, int submit_ef
 
 Engine::~Engine() {
   Shutdown();
+  // seq_cst (a release would do): the flag publishes nothing; each thread loads it (acquire) once the
+  // wake-ups below reach it.
   exiting_.store(true, std::memory_order_seq_cst);
   WakeSubmitter();
   if (submitter_.joinable()) submitter_.join();
   // The reaper leaves once in_kernel_ is 0, and only the submitter still changes it: a request
   // io_submit refused (EBADF) is delivered first and uncounted after, so Shutdown() can return in
-  // between. Woken before the submitter is gone, the reaper could see the stale count, go back to
-  // its blocking read and never wake again (CI caught it: 2 runs in 30 hung here).
+  // between. So the reaper's last wake-up comes after the submitter is joined: woken before, it could
+  // see the stale count and go back to its wait, and the join below would wait out its idle
+  // timeout (kIdleLookMs).
   sys_.EventFdWrite(kernel_efd_.get(), 1);
   if (reaper_.joinable()) reaper_.join();
   {
@@ -120,6 +123,7 @@ Engine::~Engine() {
   }
   for (std::thread& t : pool_threads_) t.join();
   lanes_.reset();  // after the pool, which tells the lanes when it finishes one of theirs
+  // acquire (any order would do: its only writer, the submitter, is joined).
   if (uintptr_t ctx = context_.load(std::memory_order_acquire); ctx != 0) {
     sys_.IoDestroy(reinterpret_cast<io_context_t>(ctx));
   }
@@ -138,6 +142,7 @@ uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
   slot.flags = 0;
   slot.partial = 0;
   slot.tag = tag;
+  // relaxed, both: published with the iocb by the release that publishes the request (core::Publish).
   slot.result.store(0, std::memory_order_relaxed);
   slot.sink.store(&sink, std::memory_order_relaxed);
   slot.mailbox_next = 0;
@@ -145,11 +150,13 @@ uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
 }
 
 void Engine::Unclaim(uint32_t index) {
+  // relaxed: a claimed slot is ours alone, so the word is the one Claim stored; Free's CAS checks it.
   slots_.Free(index, slots_.at(index).word.load(std::memory_order_relaxed));
 }
 
 bool Engine::QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submitter_sleeps) {
   core::Slot& slot = slots_.at(index);
+  // relaxed: a claimed slot is ours alone, so the word is the one Claim stored.
   uint64_t word = slot.word.load(std::memory_order_relaxed);
   core::Publish(slot, word, SlotState::kQueued);  // the submitter (or a canceller) sees the filled iocb
   if (!queue_.enqueue(token, index)) {
@@ -170,6 +177,7 @@ void Engine::Enqueue(ProducerToken& token, uint32_t index) {
 
 void Engine::EnqueueToPool(uint32_t index) {
   core::Slot& slot = slots_.at(index);
+  // relaxed: a claimed slot is ours alone, so the word is the one Claim stored.
   uint64_t word = slot.word.load(std::memory_order_relaxed);
   // A negative offset is the pool's pread's EINVAL; only the lanes would ignore it. No lone request
   // skips the look here: this runs outside the submit role, concurrently with other dispatches of
@@ -188,7 +196,9 @@ void Engine::EnqueueToPool(uint32_t index) {
 
 void Engine::WakeSubmitterOnce() {
   // Only the producer that clears the sleep bit writes the eventfd: one wake-up per sleep, not one per
-  // request enqueued while the submitter is on its way up (measured: 0.92 writes per request before).
+  // request enqueued while the submitter is on its way up (that costs producers close to one eventfd
+  // write per request: 0.92 under load). seq_cst RMW: exactly one caller clears the bit, and it comes
+  // after the caller's add to work_seq_ (see there).
   if (work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst) & 1) WakeSubmitter();
 }
 
@@ -200,6 +210,7 @@ void Engine::WakeSubmitter() {
 }
 
 void Engine::AcquireRole(std::atomic<bool>& role) {
+  // acquire: pairs with ReleaseRole's release, so the new holder sees what the last one did under the role.
   for (int spins = 0; role.exchange(true, std::memory_order_acquire); ++spins) {
     // Holders keep a role for one drain or one reap; on 2 CPUs the holder may be preempted, so
     // give the CPU away rather than spin a whole time slice, and if it takes long (an inline
@@ -219,11 +230,15 @@ void Engine::AcquireRole(std::atomic<bool>& role) {
 
 bool Engine::Complete(uint32_t index, SlotState from, int64_t result) {
   core::Slot& slot = slots_.at(index);
+  // relaxed: a first look only; MarkCompleted's CAS below checks the word again and acquires it.
   uint64_t word = slot.word.load(std::memory_order_relaxed);
   if (WordState(word) != from) return false;
+  // relaxed: MarkCompleted's CAS below publishes it. Stored before that CAS, so it relies on only the
+  // holder of `from` completing (two completers racing from one state could overwrite each other's).
   slot.result.store(result, std::memory_order_relaxed);
   // Publishes the result, ordered before the sink's wake-up check (see core::MarkCompleted).
   if (!core::MarkCompleted(slot, word)) return false;
+  // relaxed: statistics, read without ordering (Stats).
   counters_.completed.fetch_add(1, std::memory_order_relaxed);
   if (result == -ECANCELED) {
     counters_.cancelled.fetch_add(1, std::memory_order_relaxed);
@@ -232,8 +247,11 @@ bool Engine::Complete(uint32_t index, SlotState from, int64_t result) {
   }
   // Before the delivery: from it on the program may close the fd and reuse its number.
   if (slot.flags & core::kSlotCounted) Uncount(slot.cb.aio_fildes, slot.cb.aio_lio_opcode, slot.flags);
+  // relaxed: Claim's store, published by the request's release and acquired by the CAS above.
   core::CompletionSink* sink = slot.sink.load(std::memory_order_relaxed);
   sink->Deliver(index);  // the slot may be freed by its owner from here on: do not touch it
+  // seq_cst: after Deliver's add to delivered (seq_cst); Shutdown stores stopping_, then loads the counts
+  // (under sinks_mu_): either it sees this delivery or we see the stop and notify under the mutex.
   if (stopping_.load(std::memory_order_seq_cst)) {
     std::lock_guard<std::mutex> lock(sinks_mu_);
     drained_cv_.notify_all();
@@ -246,6 +264,7 @@ bool Engine::Complete(uint32_t index, SlotState from, int64_t result) {
 absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation) {
   if (!slots_.Contains(index)) return absl::InvalidArgumentError("kaio: unknown ticket (EINVAL)");
   core::Slot& slot = slots_.at(index);
+  // acquire: pairs with the release of the state's last writer, so the partial read below is the one it published.
   uint64_t word = slot.word.load(std::memory_order_acquire);
   bool rerouted = false;
   while (true) {
@@ -279,6 +298,8 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
       case SlotState::kCancelledQueued:
         return CancelResult::kCanceled;
       case SlotState::kInKernel: {
+        // acquire: pairs with EnsureContext's release. A context released since is seen only if the request
+        // left the kernel meanwhile (in_kernel_ was 0): io_cancel then says EINVAL, as for one that runs on.
         uintptr_t ctx = context_.load(std::memory_order_acquire);
         struct io_event event = {};
         int rc = ctx == 0 ? -EINVAL : sys_.IoCancel(reinterpret_cast<io_context_t>(ctx), &slot.cb, &event);
@@ -286,6 +307,7 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
           // Old kernels hand the result back here instead of through the ring.
           Resignal(slot);
           if (Complete(index, SlotState::kInKernel, static_cast<long>(event.res))) {
+            // seq_cst: a decrement of in_kernel_, before OnRoomFreed's load of room_wanted_ (see engine.h).
             in_kernel_.fetch_sub(1, std::memory_order_seq_cst);
             OnRoomFreed();
           }
@@ -305,6 +327,7 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
           pthread_sigmask(SIG_BLOCK, &all_signals, &caller_mask);
           for (int tries = 0; tries < 100; ++tries) {
             ReapInline();
+            // acquire: pairs with the release of whichever hop moved it on (the routing just done).
             word = slot.word.load(std::memory_order_acquire);
             if (WordGeneration(word) != generation || WordState(word) != SlotState::kInKernel) break;
             sched_yield();
@@ -323,6 +346,8 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
         // cancelled; nothing there: back to kPoolQueued, and cancelled). Answering "not cancelled"
         // now would depend on the moment, where glibc's answer for a waiting request does not.
         sched_yield();
+        // acquire: pairs with the lanes' release back into kPoolQueued (or the completion), so the
+        // kPoolQueued case reads the partial the attempt left.
         word = slot.word.load(std::memory_order_acquire);
         continue;
       case SlotState::kCompleted:
@@ -342,6 +367,8 @@ void Engine::RegisterSink(core::CompletionSink* sink) {
 void Engine::UnregisterSink(core::CompletionSink* sink) {
   std::lock_guard<std::mutex> lock(sinks_mu_);
   sinks_.erase(std::remove(sinks_.begin(), sinks_.end(), sink), sinks_.end());
+  // acquire (any order would do: the owner unregisters on its own thread, with nothing outstanding);
+  // relaxed for the sum: a statistic.
   counters_.accepted_by_gone_sinks.fetch_add(sink->accepted.load(std::memory_order_acquire),
                                              std::memory_order_relaxed);
 }
@@ -357,14 +384,18 @@ void Engine::NotifyAcceptedChanged() {
 }
 
 void Engine::Shutdown() {
+  // seq_cst: Shutdown's side of the accepting() handshake (see engine.h): stored before the counts are
+  // loaded below.
   stopping_.store(true, std::memory_order_seq_cst);
   // An inline_io requester may have queued requests it has not flushed yet: the submitter takes them.
+  // seq_cst: an add like a producer's, so a submitter on its way to sleep fails its CAS (see work_seq_).
   work_seq_.fetch_add(2, std::memory_order_seq_cst);
   WakeSubmitterOnce();
   std::unique_lock<std::mutex> lock(sinks_mu_);
   drained_cv_.wait(lock, [this] {
     for (core::CompletionSink* sink : sinks_) {
-      // seq_cst: pairs with Complete()'s check of stopping_ (see there).
+      // seq_cst: after the store of stopping_ above; accepted pairs with the producers' count before
+      // accepting(), delivered with Complete()'s add before its load of stopping_ (see there).
       if (sink->delivered.load(std::memory_order_seq_cst) != sink->accepted.load(std::memory_order_seq_cst)) {
         return false;
       }
@@ -377,6 +408,8 @@ ServiceStats Engine::Stats() const {
   ServiceStats s;
   {
     std::lock_guard<std::mutex> lock(sinks_mu_);
+    // relaxed, all the loads here: statistics, read without ordering; the snapshot need not be
+    // consistent (in_flight is clamped at 0).
     s.requests_accepted = counters_.accepted_by_gone_sinks.load(std::memory_order_relaxed);
     for (core::CompletionSink* sink : sinks_) s.requests_accepted += sink->accepted.load(std::memory_order_relaxed);
   }

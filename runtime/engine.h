@@ -14,6 +14,41 @@
 // Complete() is the single place a request reaches kCompleted (one CAS, so exactly once), from
 // whichever thread finished it.
 //
+// Memory ordering: a request's slot passes from hop to hop through its state word (core/request.h:
+// release to hand it on, acquire to take it), and the kernel hop through the same word (the
+// submitter's release into kInKernel, the reaper's acquire). Beside that the engine runs these
+// handshakes, all seq_cst, so that of two sides that race at least one sees the other (most are
+// Dekker pairs: each side stores its own variable, then loads the other's):
+//  - sleep bit on work_seq_: a producer enqueues, then adds 2 (seq_cst RMW) and wakes the submitter
+//    if the add saw bit 0; the submitter loads work_seq_ (acquire) before its drain and, after an
+//    empty one, sets bit 0 by a CAS from that value. The CAS fails if any add came between (it drains
+//    again); an add after it sees the bit. Only the fetch_and that clears the bit writes the eventfd.
+//  - room_wanted_ vs in_kernel_: the submitter, out of room, stores room_wanted_, then loads
+//    in_kernel_; whoever decrements in_kernel_ (reaper, Cancel, SubmitBatch) then loads room_wanted_
+//    (OnRoomFreed). Either the submitter sees the room or the decrementer sees the flag and wakes it.
+//    (SubmitBatch's wait after an EAGAIN sets the flag without the re-check: that wait is 1 ms at most.)
+//  - unsignalled_ vs reaper_watching_: an inline submitter adds to unsignalled_ (before io_submit),
+//    then loads reaper_watching_ and writes the eventfd if false (EnsureUnsignalledWatched); the reaper
+//    stores reaper_watching_ = false, then loads unsignalled_ again (ReaperLoop). Either the reaper
+//    sees the new requests and watches them, or the submitter sees it not watching and wakes it.
+//  - reaping_ vs in_kernel_: the reaper stores reaping_ = true, then loads in_kernel_, and reads the
+//    context's ring (io_getevents does, in user space) only if the count is not 0; the submitter loads
+//    in_kernel_ == 0, then reaping_ == false, before it releases the context (MaybeReleaseContext). The
+//    decrement to 0 that the submitter saw comes after any reaper's non-zero load, so after its store.
+//  - NothingOutside / LeaveOutside (per fd, fd_order.cc): a lane stores lane_waits, then loads
+//    outside[dir]; a request leaving the usual paths decrements outside[dir], then loads lane_waits.
+//    Either the lane sees the count at 0 and runs its head, or the leaver sees the flag and calls
+//    StreamLanes::Ready (lane_waits is shared by both directions: a Ready for the other one only
+//    makes the lane look again, and set the flag again).
+//  - accepting() vs Shutdown: a producer stores its sink's accepted + 1, then loads stopping_
+//    (accepting()); Shutdown stores stopping_, then loads each sink's accepted. Either the producer
+//    sees the stop (and takes its count back) or Shutdown sees the count and waits for the request.
+//    A completer adds to its sink's delivered (Deliver), then loads stopping_ and, if set, notifies
+//    under sinks_mu_, where Shutdown loads delivered: it sees the delivery or is woken after it.
+// The roles are taken by an acquire exchange and given back by a release store, so what a role
+// guards passes from holder to holder. Counters, fd_kind_ and kernel_efd_replaced_ are relaxed:
+// statistics and hints, through which nothing is published.
+//
 // Call order: reads and writes on streams (pipes, sockets, ttys) and writes to O_APPEND files run
 // one at a time per fd and direction, in the stream lanes (runtime/stream_lanes.h); DispatchOrder
 // decides, per request, with a look at the fd only when another request of it is in flight.
@@ -64,6 +99,7 @@ namespace kaio::runtime {
 struct QueueTraits : moodycamel::ConcurrentQueueDefaultTraits {
   static std::atomic<uint64_t> allocations;
   static void* malloc(size_t size) {
+    // relaxed: a statistic (ServiceStats::queue_block_allocations), read without ordering.
     allocations.fetch_add(1, std::memory_order_relaxed);
     return std::malloc(size);
   }
@@ -187,6 +223,7 @@ class Engine {
   // Roles are held for the length of a drain or a reap; a service thread waits for one, an inline
   // caller only tries.
   static void AcquireRole(std::atomic<bool>& role);
+  // release: pairs with AcquireRole's acquire exchange, so the next holder sees what this one wrote.
   static void ReleaseRole(std::atomic<bool>& role) { role.store(false, std::memory_order_release); }
   bool EnsureContext();
   void MaybeReleaseContext(absl::Time now);
@@ -222,6 +259,8 @@ class Engine {
   bool TakeReapRoleToLearn(const Submitted* batch, size_t count);
   // What kaio has learned of `fd` (fd_kind_); kFdUntracked for a number beyond the table.
   int FdKindOf(int fd) const {
+    // relaxed: a hint (see fd_kind_), through which nothing is published: a stale kind sends a request
+    // with or without the eventfd flag needlessly (a wake-up for nothing, or the reaper's 1 ms watch).
     return fd >= 0 && fd < kFdKinds ? fd_kind_[fd].load(std::memory_order_relaxed) : kFdUntracked;
   }
   bool FdCompletesInline(int fd) const { return FdKindOf(fd) == kFdCompletesInline; }

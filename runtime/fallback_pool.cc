@@ -34,6 +34,7 @@ using core::ClassifySubmitError;
 // ---------------------------------------------------------------- fallback pool
 
 void Engine::PoolPush(uint32_t index) {
+  // relaxed: a statistic.
   counters_.pool_requests.fetch_add(1, std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> lock(pool_mu_);
@@ -57,6 +58,7 @@ void Engine::PoolPush(uint32_t index) {
     if (started) {
       std::string name = absl::StrCat("kaio-pool-", pool_threads_.size() - 1);
       pthread_setname_np(pool_threads_.back().native_handle(), name.substr(0, 15).c_str());
+      // relaxed: a statistic.
       counters_.pool_threads.fetch_add(1, std::memory_order_relaxed);
       return;
     }
@@ -80,6 +82,8 @@ void Engine::PoolLoop() {
   std::unique_lock<std::mutex> lock(pool_mu_);
   while (true) {
     if (pool_queue_.empty()) {
+      // acquire, here and in the wait below (pool_mu_ orders it anyway: ~Engine stores it before it
+      // notifies under the mutex).
       if (exiting_.load(std::memory_order_acquire)) return;
       ++pool_idle_;
       pool_cv_.wait(lock, [this] { return !pool_queue_.empty() || exiting_.load(std::memory_order_acquire); });
@@ -90,6 +94,8 @@ void Engine::PoolLoop() {
     pool_queue_.pop_front();
     lock.unlock();
     core::Slot& slot = slots_.at(index);
+    // acquire: pairs with the release into kPoolQueued (core::Publish, or the Move of the hop that pushed
+    // it; a canceller's CAS continues it), so the iocb, flags and partial read below are what it wrote.
     uint64_t word = slot.word.load(std::memory_order_acquire);
     // A lane's head: once it is complete the slot is its owner's, so note where it came from first.
     const bool from_lane = (slot.flags & core::kSlotStream) != 0;
@@ -97,12 +103,14 @@ void Engine::PoolLoop() {
     const short lane_op = slot.cb.aio_lio_opcode;
     if (WordState(word) == SlotState::kPoolQueued &&
         core::Move(slot, word, SlotState::kPoolRunning)) {
+      // relaxed: a statistic.
       counters_.pool_running.fetch_add(1, std::memory_order_relaxed);
       int64_t result = RunBlocking(slot.cb, slot.partial);
       if (slot.partial > 0) {
         // What the kernel already moved counts; an error on the rest is a short result, as write(2).
         result = result >= 0 ? result + static_cast<int64_t>(slot.partial) : static_cast<int64_t>(slot.partial);
       }
+      // relaxed: a statistic.
       counters_.pool_running.fetch_sub(1, std::memory_order_relaxed);
       Complete(index, SlotState::kPoolRunning, result);
     } else {

@@ -52,11 +52,12 @@ StreamLanes::Order Engine::DispatchOrder(core::Slot& slot, bool lone_may_go, Kin
   FdOrderState& state = fd_order_[fd];
   const int dir = IsWriteOp(op) ? 1 : 0;
   slot.flags |= core::kSlotCounted;
-  // seq_cst: with Uncount's CAS, so the request that ends a busy period and the one that starts
-  // the next agree on which is which (and on `kind` being forgotten in between).
+  // seq_cst, with Uncount's CAS: read-modify-writes of one variable are totally ordered in any
+  // order, so the request that ends a busy period and the one that starts the next agree on which
+  // is which; the count itself needs no more than that (it publishes nothing).
   if (state.busy.fetch_add(1, std::memory_order_seq_cst) == 0 && lone_may_go) {
-    // Nothing else of this fd in flight: no order to keep, so no look at the fd (a syscall the
-    // page-cache hit at iodepth 1 cannot afford: 0.7x measured). Should it be a stream that would
+    // Nothing else of this fd in flight: no order to keep, so no look at the fd (a statx costs about
+    // what the page-cache hit itself does: see kLoneRequestsSkipTheLook). Should it be a stream that would
     // block, the kernel says so (EAGAIN, a short write) and MoveToLane sends it to its lane then.
     // seq_cst: a lane's NothingOutside (store lane_waits, load outside) must see it.
     state.outside[dir].fetch_add(1, std::memory_order_seq_cst);
@@ -65,8 +66,8 @@ StreamLanes::Order Engine::DispatchOrder(core::Slot& slot, bool lone_may_go, Kin
   }
   // Looked at once per batch, never remembered across batches: a cancelled request keeps its fd's
   // count until its holder completes it, while the program, told it is cancelled, may already have
-  // closed the number and opened another kind of file on it (a directory's read then went to a
-  // stream lane and answered 0, not EISDIR: the differential test, seed 16015467).
+  // closed the number and opened another kind of file on it (a kind remembered from the old file
+  // would send a directory's read to a stream lane, to answer 0 instead of EISDIR).
   const StreamLanes::Order order = StreamLanes::OrderFor(classify(), op);
   if (order == StreamLanes::Order::kFree) {
     state.outside[dir].fetch_add(1, std::memory_order_seq_cst);  // seq_cst: as above
@@ -79,6 +80,7 @@ bool Engine::NothingOutside(int fd, bool write) {
   if (fd < 0 || fd >= kFdKinds) return true;
   FdOrderState& state = fd_order_[fd];
   std::atomic<uint32_t>& outside = state.outside[write ? 1 : 0];
+  // seq_cst: the fast path of the handshake below: a 0 here is the last LeaveOutside's decrement.
   if (outside.load(std::memory_order_seq_cst) == 0) return true;
   // seq_cst, a Dekker pair with Uncount (decrement `outside`, then read lane_waits): either it sees
   // our flag and calls Ready, or we see its decrement here.
@@ -99,12 +101,15 @@ void Engine::Uncount(int fd, short op, uint32_t flags) {
   if (fd < 0 || fd >= kFdKinds || !(flags & core::kSlotCounted)) return;
   FdOrderState& state = fd_order_[fd];
   if (flags & core::kSlotOutside) LeaveOutside(fd, op);
+  // relaxed: the first guess of the CAS loop below, which checks it.
   uint32_t busy = state.busy.load(std::memory_order_relaxed);
   while (true) {
-    // The last of a busy period forgets what the fd was, before it lets go: once its completion is
-    // delivered the program may close the number and reuse it for another kind of file.
+    // The last of a busy period resets `kind`, before it lets go: once its completion is delivered
+    // the program may close the number and reuse it for another kind of file. (Nothing reads `kind`
+    // since DispatchOrder looks at the fd once per batch: this reset is the field's only use.)
     if (busy == 1) state.kind.store(static_cast<uint8_t>(StreamLanes::Kind::kUnknown), std::memory_order_relaxed);
-    // seq_cst (a release for the store above): see DispatchOrder.
+    // seq_cst (a release for the store above): see DispatchOrder. Relaxed on failure: the reloaded
+    // count is only the next guess.
     if (state.busy.compare_exchange_weak(busy, busy - 1, std::memory_order_seq_cst, std::memory_order_relaxed)) break;
   }
 }
@@ -133,6 +138,7 @@ bool Engine::MoveToLane(uint32_t index, uint64_t word) {
   }
   // At the lane's head: every request of this fd that came after it is in the lane, waiting for it.
   if (lanes_->Push(index, order, /*front=*/true)) {
+    // relaxed: a statistic.
     counters_.stream_requests.fetch_add(1, std::memory_order_relaxed);
   } else {
     // No thread for the lanes: EAGAIN, or, if the kernel already wrote part, that count (as
@@ -147,6 +153,7 @@ bool Engine::MoveToLane(uint32_t index, uint64_t word) {
 }
 
 void Engine::PushToLane(uint32_t index, StreamLanes::Order order) {
+  // relaxed: a statistic.
   counters_.stream_requests.fetch_add(1, std::memory_order_relaxed);
   if (lanes_->Push(index, order)) return;
   // No thread for the lanes: this request fails with EAGAIN (glibc's answer when it cannot start a

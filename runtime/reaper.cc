@@ -36,6 +36,8 @@ using core::ClassifySubmitError;
 void Engine::ReaperLoop() {
   bool look_again_soon = false;
   while (true) {
+    // seq_cst: the reaper's re-check in the unsignalled_ / reaper_watching_ handshake (engine.h), after
+    // WatchUnsignalled's store of false.
     if (unsignalled_.load(std::memory_order_seq_cst) > 0) {
       WatchUnsignalled();
     } else {
@@ -43,6 +45,8 @@ void Engine::ReaperLoop() {
       // After a replacement of the eventfd, requests sent before it announce themselves on the old
       // one: look every millisecond until nothing is in flight.
       int timeout_ms = look_again_soon ? 10 : core::kIdleLookMs;
+      // relaxed: kernel_efd_replaced_ is a hint that only shortens the timeout; in_kernel_ is a count read
+      // for the same purpose (seq_cst, though any order would do).
       if (kernel_efd_replaced_.load(std::memory_order_relaxed)) {
         if (in_kernel_.load(std::memory_order_seq_cst) == 0) {
           kernel_efd_replaced_.store(false, std::memory_order_relaxed);
@@ -55,6 +59,8 @@ void Engine::ReaperLoop() {
       look_again_soon = !ReapAvailable(/*inline_caller=*/false);
       ReleaseRole(reap_role_);
     }
+    // acquire, both: exiting_ pairs with ~Engine's store; in_kernel_ is only a count, which stays 0
+    // once the submitter is joined (before the destructor's last wake-up).
     if (exiting_.load(std::memory_order_acquire) && in_kernel_.load(std::memory_order_acquire) == 0) break;
   }
 }
@@ -69,11 +75,14 @@ void Engine::WaitForCompletions(int timeout_ms) {
     uint64_t value;
     sys_.EventFdRead(fd, &value);  // a failure (fault injection) only means the ring is read anyway
   } else if ((got == 0 && timeout_ms == core::kIdleLookMs) || (got > 0 && (pfd.revents & POLLNVAL))) {
+    // relaxed: a hint for ReaperLoop's timeout.
     if (kernel_efd_.RepairIfLost(fd)) kernel_efd_replaced_.store(true, std::memory_order_relaxed);
   }
 }
 
 void Engine::WatchUnsignalled() {
+  // seq_cst, with EnsureUnsignalledWatched's load: while it reads true, the caller leaves its requests
+  // to us; the loop's loads (seq_cst) and ReaperLoop's re-check after the store of false see them.
   reaper_watching_.store(true, std::memory_order_seq_cst);
   while (unsignalled_.load(std::memory_order_seq_cst) > 0) {
     // Requests without the eventfd flag announce nothing: look at the ring every millisecond (or
@@ -83,6 +92,8 @@ void Engine::WatchUnsignalled() {
     AcquireRole(reap_role_);
     ReapAvailable(/*inline_caller=*/false);
     ReleaseRole(reap_role_);
+    // acquire, both: exiting_ pairs with ~Engine's store; in_kernel_ is only a count, which stays 0
+    // once the submitter is joined (before the destructor's last wake-up).
     if (exiting_.load(std::memory_order_acquire) && in_kernel_.load(std::memory_order_acquire) == 0) break;
   }
   // seq_cst, with EnsureUnsignalledWatched: after this store the caller re-checks unsignalled_.
@@ -93,8 +104,12 @@ bool Engine::ReapAvailable(bool inline_caller) {
   std::vector<struct io_event>& events = reap_events_;
   bool emptied = true;
   while (true) {
+    // seq_cst, with the load of in_kernel_: the reaper's side of reaping_ vs in_kernel_ (engine.h): set
+    // the flag, then look at the count; the context is touched only when the count is not 0.
     reaping_.store(true, std::memory_order_seq_cst);
     if (in_kernel_.load(std::memory_order_seq_cst) == 0) break;
+    // acquire: pairs with EnsureContext's release (the in_kernel_ load above already orders it after the
+    // add that counted these requests, made after the context was stored).
     io_context_t ctx = reinterpret_cast<io_context_t>(context_.load(std::memory_order_acquire));
     struct timespec zero = {0, 0};
     int got = sys_.IoGetEvents(ctx, 0, options_.reap_batch, events.data(), &zero);
@@ -112,6 +127,8 @@ bool Engine::ReapAvailable(bool inline_caller) {
     // eventfd count that announced the rest is already consumed. Emptiness is the only exit (the
     // ring is read in user space, so the final empty look costs no syscall).
   }
+  // seq_cst (a release would do): after our last look at the ring, so a submitter that loads false may
+  // destroy the context.
   reaping_.store(false, std::memory_order_seq_cst);
   return emptied;
 }
@@ -120,20 +137,23 @@ void Engine::RouteEvents(const struct io_event* events, int got, bool inline_cal
   for (int i = 0; i < got; ++i) {
     uint32_t index = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(events[i].data));
     if (core::PlantedBug(core::PlantedBugKind::kLostCompletion)) continue;
-    // Errors are a negative res (res2 is 0); the seed read res2, which is wrong.
+    // Errors are a negative res; res2 is 0 and carries no error.
     RouteKernelResult(index, static_cast<long>(events[i].res));
   }
+  // relaxed: a statistic.
   if (inline_caller) counters_.inline_reaped.fetch_add(static_cast<uint64_t>(got), std::memory_order_relaxed);
+  // seq_cst: a decrement of in_kernel_, before OnRoomFreed's load of room_wanted_ (engine.h).
   in_kernel_.fetch_sub(got, std::memory_order_seq_cst);
   OnRoomFreed();
 }
 
 void Engine::OnRoomFreed() {
   // The submitter may sleep waiting for room: wake it. Only then: a submitter that sleeps for
-  // want of work is not woken by every reap (measured: that was one needless wake-up, two context
+  // want of work is not woken by every reap (that would cost a needless wake-up, two context
   // switches, per reaped batch). Called after every decrement of in_kernel_ (seq_cst, see the
   // submitter's sleep).
   if (room_wanted_.load(std::memory_order_seq_cst) && room_wanted_.exchange(false, std::memory_order_seq_cst)) {
+    // seq_cst: an add like a producer's, so a submitter on its way to sleep fails its CAS and looks again.
     work_seq_.fetch_add(2, std::memory_order_seq_cst);
     WakeSubmitterOnce();
   }
@@ -151,6 +171,7 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
   if ((slot.flags & core::kSlotNowait) && (result == -EAGAIN || result == -EOPNOTSUPP)) {
     // The kernel would have blocked: the request is not done, it needs a thread that may block,
     // or, on a stream, its lane (where it waits for readiness in no thread).
+    // relaxed: a statistic.
     counters_.nowait_retries.fetch_add(1, std::memory_order_relaxed);
     slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
     slot.flags &= ~core::kSlotNowait;
@@ -164,6 +185,7 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
           Complete(index, SlotState::kQueued, -ENOMEM);
           return;
         }
+        // seq_cst: the reaper as a producer: its add after the enqueue, as in QueueAndAnnounce.
         if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitterOnce();
       }
       return;

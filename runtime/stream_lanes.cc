@@ -317,6 +317,7 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
       // result, as write(2)'s when it stops (handed to the pool, a Cancel that read `partial`
       // before this attempt could win against data already moved).
       result = static_cast<int64_t>(slot.partial);
+      // Relaxed: as in TryWithoutBlocking's store of partial (the attempt ends in a completion).
       std::atomic_ref<uint64_t>(slot.partial).store(0, std::memory_order_relaxed);
       attempt = Attempt::kDone;
     }
@@ -428,6 +429,7 @@ void StreamLanes::SweepCancelled(std::unique_lock<std::mutex>& lock) {
           ++it;
           continue;
         }
+        // acquire: pairs with the canceller's CAS into kCancelledQueued (we complete what it marked).
         const uint64_t word = slots_.at(*it).word.load(std::memory_order_acquire);
         if (WordState(word) == SlotState::kCancelledQueued) {
           if (it == lane.requests.begin()) ReleaseHeldLocked(lane);  // the next head needs a try
@@ -495,6 +497,7 @@ StreamLanes::Attempt StreamLanes::TryWithoutBlocking(core::Slot& slot, int fd, b
         const int flags = fcntl(fd, F_GETFL);
         if (flags < 0 || !(flags & O_NONBLOCK)) return Attempt::kWouldBlock;
         *result = slot.partial > 0 ? static_cast<int64_t>(slot.partial) : -EAGAIN;
+        // Relaxed: as in TryWithoutBlocking's store of partial (the attempt ends in a completion).
         std::atomic_ref<uint64_t>(slot.partial).store(0, std::memory_order_relaxed);
         return Attempt::kDone;
       }
@@ -520,6 +523,7 @@ StreamLanes::Attempt StreamLanes::TryWithoutBlocking(core::Slot& slot, int fd, b
     if (slot.partial < total && n > 0 && slot.partial - partial_at_start >= kYieldAfter) return Attempt::kYield;
     if (slot.partial >= total || n == 0) {
       *result = static_cast<int64_t>(slot.partial);
+      // Relaxed: as in TryWithoutBlocking's store of partial (the attempt ends in a completion).
       std::atomic_ref<uint64_t>(slot.partial).store(0, std::memory_order_relaxed);  // the result carries it
       return Attempt::kDone;
     }

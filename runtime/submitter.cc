@@ -40,6 +40,8 @@ void Engine::SubmitterLoop() {
     // acquire: pairs with producers' adds, so the drain below sees what they enqueued before.
     uint64_t seq = work_seq_.load(std::memory_order_acquire);
     AcquireRole(submit_role_);
+    // acquire (any order would do): only the submit role's holder adds to in_kernel_, so a stale value
+    // errs high and room is never overestimated; running out of room goes through the seq_cst handshake.
     int64_t room = options_.queue_depth - in_kernel_.load(std::memory_order_acquire);
     size_t want = static_cast<size_t>(std::clamp<int64_t>(room, 0, options_.submit_batch));
     size_t count = want == 0 ? 0 : queue_.try_dequeue_bulk(consumer, batch.data(), want);
@@ -48,6 +50,7 @@ void Engine::SubmitterLoop() {
       ReleaseRole(submit_role_);
       continue;
     }
+    // acquire: pairs with ~Engine's store; the flag is all it carries.
     if (exiting_.load(std::memory_order_acquire)) {
       ReleaseRole(submit_role_);
       break;
@@ -55,23 +58,30 @@ void Engine::SubmitterLoop() {
     absl::Time now = absl::Now();
     MaybeReleaseContext(now);
     absl::Time deadline = absl::InfiniteFuture();
+    // relaxed: context_ is written only by the submit role's holder, which we are until the release below.
     if (context_.load(std::memory_order_relaxed) != 0) {
       deadline = std::max(last_kernel_activity_ + options_.idle_release, now + absl::Milliseconds(1));
     }
     ReleaseRole(submit_role_);
     // Sleep, unless a producer added work since `seq` (then the CAS fails and we drain again).
+    // seq_cst RMW: a producer's add comes before it (the CAS fails) or after (the add sees bit 0).
     if (!work_seq_.compare_exchange_strong(seq, seq | 1, std::memory_order_seq_cst)) continue;
     if (want == 0) {
       // Sleeping for room: ask the reaper to wake us. seq_cst on the flag and on in_kernel_, here
-      // and in ReapAvailable, so either we see its decrement or it sees the flag.
+      // and after every decrement (OnRoomFreed), so either we see the decrement or it sees the flag.
       room_wanted_.store(true, std::memory_order_seq_cst);
       if (in_kernel_.load(std::memory_order_seq_cst) < options_.queue_depth) {
+        // Take the flag and the sleep bit back. relaxed for the flag: it publishes nothing, and a reaper that
+        // saw it set meanwhile only wakes us once for nothing. The bit: an RMW (seq_cst, as every access to
+        // work_seq_), so a producer that saw it set and clears it after us finds it clear and writes nothing.
         room_wanted_.store(false, std::memory_order_relaxed);
         work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);  // the reaper freed room meanwhile
         continue;
       }
     }
     WaitForWork(deadline);
+    // seq_cst RMW: if a producer cleared the bit first, it wrote the eventfd (our next wait returns at
+    // once); if we clear it first, a producer that saw it set finds it clear and writes nothing.
     work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);
   }
 }
@@ -96,9 +106,10 @@ void Engine::WaitForWork(absl::Time deadline) {
 }
 
 bool Engine::EnsureContext() {
+  // relaxed: context_ is written only under the submit role, which the caller holds.
   if (context_.load(std::memory_order_relaxed) != 0) return true;
   // After a failure, io_setup is tried again only after a back-off (the system-wide limit does not
-  // free up by the microsecond): a program doing 1,000 reads made 1,000 calls and printed 1,000 lines.
+  // free up by the microsecond): without it, every request would make the call, and print a line.
   const absl::Time now = absl::Now();
   if (now < next_setup_attempt_) return false;
   io_context_t ctx = nullptr;
@@ -130,11 +141,13 @@ bool Engine::EnsureContext() {
   next_setup_attempt_ = absl::InfinitePast();
   // release: Cancel() acquires the context to call io_cancel on it.
   context_.store(reinterpret_cast<uintptr_t>(ctx), std::memory_order_release);
+  // relaxed: a statistic, read without ordering.
   counters_.contexts_created.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 
 void Engine::MaybeReleaseContext(absl::Time now) {
+  // relaxed: as in EnsureContext (only the submit role's holder writes context_, and we hold it).
   uintptr_t ctx = context_.load(std::memory_order_relaxed);
   if (ctx == 0 || now - last_kernel_activity_ < options_.idle_release) return;
   // Only the submit role's holder (us, now) adds to in_kernel_, so once it reads 0 here it stays 0. The reaper sets
@@ -142,8 +155,11 @@ void Engine::MaybeReleaseContext(absl::Time now) {
   // a released context would be unmapped memory); seq_cst on both sides means one of us sees the
   // other.
   if (in_kernel_.load(std::memory_order_seq_cst) != 0 || reaping_.load(std::memory_order_seq_cst)) return;
+  // release (0 publishes nothing): a Cancel that loaded the old value meanwhile gets EINVAL from
+  // io_cancel, as no request is in the kernel.
   context_.store(0, std::memory_order_release);
   sys_.IoDestroy(reinterpret_cast<io_context_t>(ctx));
+  // relaxed: a statistic, read without ordering.
   counters_.contexts_released.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -229,9 +245,13 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     cbs[kernel_count++] = &slot.cb;
   }
   if (kernel_count == 0) return false;
+  // relaxed: written only under the submit role, which we hold.
   io_context_t ctx = reinterpret_cast<io_context_t>(context_.load(std::memory_order_relaxed));
-  // Counted before io_submit: a completion can be reaped before io_submit returns.
+  // Counted before io_submit: a completion can be reaped before io_submit returns. seq_cst (an RMW,
+  // so a release): a reaper whose load of in_kernel_ sees this add also sees the context stored
+  // before it; and it is the count of the reaping_ and room_wanted_ handshakes (see engine.h).
   in_kernel_.fetch_add(static_cast<int64_t>(kernel_count), std::memory_order_seq_cst);
+  // seq_cst: the inline submitter's store in the unsignalled_ / reaper_watching_ handshake (engine.h).
   if (unsignalled_count > 0) unsignalled_.fetch_add(unsignalled_count, std::memory_order_seq_cst);
   last_kernel_activity_ = absl::Now();
   size_t done = 0;
@@ -244,6 +264,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     if (goes_to_device) nr = std::min(nr, device_chunk_);
     int rc = sys_.IoSubmit(ctx, static_cast<long>(nr), cbs + done);
     int64_t took = NowNs() - start;
+    // relaxed: statistics; max_io_submit_ns has one writer at a time (the submit role), so load and store.
     counters_.io_submit_calls.fetch_add(1, std::memory_order_relaxed);
     if (took > counters_.max_io_submit_ns.load(std::memory_order_relaxed)) {
       counters_.max_io_submit_ns.store(took, std::memory_order_relaxed);  // single writer
@@ -252,6 +273,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       if (requeue != nullptr) {
         for (int i = 0; i < rc; ++i) learn_.push_back(submit_meta_[done + static_cast<size_t>(i)]);
       }
+      // relaxed: a statistic, read without ordering.
       counters_.kernel_submitted.fetch_add(static_cast<uint64_t>(rc), std::memory_order_relaxed);
       done += static_cast<size_t>(rc);
       eagain_streak = 0;
@@ -274,6 +296,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       case SubmitErrorClass::kInterrupted:
         continue;
       case SubmitErrorClass::kRetryLater: {
+        // relaxed: a statistic, read without ordering.
         counters_.io_submit_eagain.fetch_add(1, std::memory_order_relaxed);
         if (requeue != nullptr) {
           // An inline caller must not wait for room: the rest goes back to the queue (never
@@ -282,6 +305,8 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
             uint32_t rest = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(cbs[i]->data));
             core::Slot& s = slots_.at(rest);
             Resignal(s);
+            // acquire: our own kInKernel word (the kernel refused it, nobody else moves it); the
+            // Move below checks it again.
             uint64_t w = s.word.load(std::memory_order_acquire);
             if (core::Move(s, w, SlotState::kQueued)) {
               if (!queue_.enqueue(*requeue, rest)) Complete(rest, SlotState::kQueued, -ENOMEM);
@@ -289,8 +314,10 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
               Complete(rest, SlotState::kInKernel, -EAGAIN);
             }
           }
+          // seq_cst: decrements of in_kernel_, before OnRoomFreed's load of room_wanted_ (engine.h).
           in_kernel_.fetch_sub(static_cast<int64_t>(kernel_count - done), std::memory_order_seq_cst);
           OnRoomFreed();
+          // seq_cst: announced like a producer's add, after the enqueues above (see work_seq_).
           work_seq_.fetch_add(2, std::memory_order_seq_cst);
           WakeSubmitterOnce();
           return true;
@@ -298,12 +325,15 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
         // The kernel's ring is full (other users of this context's share of aio-nr, or a fault).
         // Wait for the reaper to make room; if nothing of ours is in flight, the refusal is not
         // about our own queue, so after a while the rest goes to the blocking pool.
+        // acquire (any order would do): a count, read as an estimate of what of ours is in the kernel.
         int64_t ours_in_kernel = in_kernel_.load(std::memory_order_acquire) - static_cast<int64_t>(kernel_count - done);
         if (ours_in_kernel <= 0 && ++eagain_streak > 100) {
           for (size_t i = done; i < kernel_count; ++i) {
             uint32_t rest = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(cbs[i]->data));
             core::Slot& s = slots_.at(rest);
             Resignal(s);
+            // acquire: our own kInKernel word (the kernel refused it, nobody else moves it); the
+            // Move below checks it again.
             uint64_t w = s.word.load(std::memory_order_acquire);
             if (options_.fallback_threads > 0 &&
                 core::Move(s, w, SlotState::kPoolQueued)) {
@@ -312,20 +342,27 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
               Complete(rest, SlotState::kInKernel, -EAGAIN);
             }
           }
+          // seq_cst: decrements of in_kernel_, before OnRoomFreed's load of room_wanted_ (engine.h).
           in_kernel_.fetch_sub(static_cast<int64_t>(kernel_count - done), std::memory_order_seq_cst);
           OnRoomFreed();
           return false;
         }
+        // The sleep of SubmitterLoop: an acquire load, then a seq_cst CAS that fails if a producer added since.
         uint64_t seq = work_seq_.load(std::memory_order_acquire);
         if (work_seq_.compare_exchange_strong(seq, seq | 1, std::memory_order_seq_cst)) {
+          // seq_cst: the room_wanted_ handshake (engine.h), but without its re-check of in_kernel_: a decrement
+          // just before this store goes unseen, which the 1 ms bound on the wait makes harmless.
           room_wanted_.store(true, std::memory_order_seq_cst);
           WaitForWork(absl::Now() + absl::Milliseconds(1));
+          // seq_cst RMW: as at the end of SubmitterLoop's sleep.
           work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);
         }
         continue;
       }
       case SubmitErrorClass::kUnsupported: {
         // This fd cannot promise not to block: run it in the pool (or its lane, for a tty).
+        // acquire: our own kInKernel word (the kernel refused it, nobody else moves it); the
+        // Move below checks it again.
         uint64_t w = slot.word.load(std::memory_order_acquire);
         if (MoveToLane(index, w)) break;
         if (core::Move(slot, w, SlotState::kPoolQueued)) {
@@ -335,10 +372,12 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       }
       case SubmitErrorClass::kFailRequest:
         // ESPIPE: as in RouteKernelResult (a lone socket request with an offset).
+        // acquire: our own kInKernel word, as above; MoveToLane's Move checks it again.
         if (rc == -ESPIPE && MoveToLane(index, slot.word.load(std::memory_order_acquire))) break;
         Complete(index, SlotState::kInKernel, rc);
         break;
     }
+    // seq_cst: decrements of in_kernel_, before OnRoomFreed's load of room_wanted_ (engine.h).
     in_kernel_.fetch_sub(1, std::memory_order_seq_cst);
     OnRoomFreed();
     ++done;
