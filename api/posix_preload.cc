@@ -3,8 +3,8 @@
 // before libc's in symbol lookup, so an unmodified program's aio_* calls (versioned references such
 // as aio_read64@GLIBC_2.34 included: an unversioned definition satisfies them) reach kaio.
 //
-// On LP64 glibc struct aiocb64 is struct aiocb by another name (posix_aio.cc checks the layouts), so
-// the 64 twins share the implementation.
+// On LP64 glibc struct aiocb64 is struct aiocb by another name (posix/aiocb_words.h checks the
+// layouts), so the 64 twins share the implementation.
 #include <aio.h>
 
 #include "kaio/posix.h"

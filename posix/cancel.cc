@@ -1,0 +1,133 @@
+// posix/cancel.cc: aio_cancel's side of State (see state.h): a request still queued in the engine
+// is cancelled, and its ECANCELED published, by whichever of aio_cancel and Deliver wins a CAS on
+// its record's state; the slot is freed by whichever of the two finishes last.
+#include <aio.h>
+#include <errno.h>
+#include <sched.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "core/slot.h"
+#include "kaio/types.h"
+#include "posix/aiocb_words.h"
+#include "posix/orderer.h"
+#include "posix/state.h"
+
+namespace kaio::posix {
+
+using core::SlotState;
+
+State::Settle State::WaitSettled(const Record& rec, uint32_t generation, const struct aiocb* cb,
+                                 uint64_t ticket) const {
+  // The slot reached kCompleted, so its Deliver is running now on the thread that completed it (or a
+  // canceller that won is publishing): this wait is a few hundred instructions at most.
+  for (int spins = 0;; ++spins) {
+    uint64_t state = rec.state.load(std::memory_order_acquire);
+    if (static_cast<uint32_t>(state >> kStateShift) != generation || (state & kFinal)) return Settle::kSettled;
+    if (state & kChainRoot) return Settle::kMoved;
+    if (cb != nullptr && LoadTicket(cb) != ticket) return Settle::kMoved;
+    if (spins > 100) sched_yield();
+  }
+}
+
+CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct aiocb* cb, uint64_t ticket) {
+  Record* rec = records_.TryAt(index);
+  if (rec == nullptr) return CancelOutcome::kAllDone;
+  uint64_t state = rec->state.load(std::memory_order_acquire);
+  if (static_cast<uint32_t>(state >> kStateShift) != generation || (state & kFinal)) return CancelOutcome::kRetry;
+  // A continuation finishes a request that has already moved data: it cannot be undone.
+  if ((state & kChainRoot) || rec->done.load(std::memory_order_relaxed) > 0) return CancelOutcome::kNotCanceled;
+  absl::StatusOr<CancelResult> engine_result = engine_.Cancel(index, generation);
+  if (!engine_result.ok()) return CancelOutcome::kRetry;  // stale, or still being launched
+  switch (*engine_result) {
+    case CancelResult::kNotCanceled:
+      return CancelOutcome::kNotCanceled;
+    case CancelResult::kAllDone:
+      return WaitSettled(*rec, generation, cb, ticket) == Settle::kMoved && cb == nullptr
+                 ? CancelOutcome::kNotCanceled
+                 : CancelOutcome::kRetry;
+    case CancelResult::kCanceled:
+      break;
+  }
+  uint64_t expected = uint64_t{generation} << kStateShift;
+  if (rec->state.compare_exchange_strong(expected, expected | kCancelWon, std::memory_order_acq_rel,
+                                         std::memory_order_acquire)) {
+    // Ours: publish ECANCELED now (the engine may hand the slot back much later, when its holder
+    // gets to it), notify, and leave the slot to whichever of us and Deliver finishes last.
+    struct aiocb* target = rec->cb.load(std::memory_order_relaxed);
+    Notification n = rec->notification;
+    LioGroup* group = rec->group;
+    int64_t result = -ECANCELED;
+    ClaimNotifyThread(&n, &result);
+    if (n.signal_fails) result = -EINVAL;  // glibc's answer (see Notification::signal_fails)
+    Publish(target, result);
+    rec->state.fetch_or(kFinal, std::memory_order_acq_rel);
+    uint64_t prev = rec->state.fetch_or(kCancelDone, std::memory_order_acq_rel);
+    if (prev & kDelivered) FreeSlot(index, core::PackWord(generation, SlotState::kCompleted));
+    CountCancelled();
+    AfterCompletion(n, group);
+    return CancelOutcome::kCanceled;
+  }
+  // Deliver (or another canceller) got there first; it publishes ECANCELED momentarily.
+  Settle settle = WaitSettled(*rec, generation, cb, ticket);
+  if (cb == nullptr) return settle == Settle::kMoved ? CancelOutcome::kNotCanceled : CancelOutcome::kCanceled;
+  if (settle == Settle::kMoved) return CancelOutcome::kRetry;
+  // A cancelled request reports ECANCELED, or EINVAL when its signal number is bad (glibc's answer,
+  // see Notification::signal_fails; the record may be another request's by now, so not read).
+  const int error = LoadError(cb);
+  return error == ECANCELED || error == EINVAL ? CancelOutcome::kCanceled : CancelOutcome::kAllDone;
+}
+
+int State::CancelAiocb(struct aiocb* cb) {
+  for (int round = 0;; ++round) {
+    if (LoadError(cb) != EINPROGRESS) return AIO_ALLDONE;
+    uint64_t ticket = LoadTicket(cb);
+    if (ticket == kTicketPending) {
+      if (orderer_->CancelPending(cb)) return AIO_CANCELED;
+      continue;  // released meanwhile: its ticket is a slot's now
+    }
+    if (ticket != 0) {
+      switch (CancelRequest(core::TicketIndex(ticket), core::TicketGeneration(ticket), cb, ticket)) {
+        case CancelOutcome::kCanceled:
+          return AIO_CANCELED;
+        case CancelOutcome::kNotCanceled:
+          return AIO_NOTCANCELED;
+        case CancelOutcome::kAllDone:
+          return AIO_ALLDONE;
+        case CancelOutcome::kRetry:
+          break;
+      }
+    }
+    if (round > 100) sched_yield();
+  }
+}
+
+int State::CancelFd(int fd) {
+  bool any_cancelled = orderer_->CancelFd(fd) > 0;
+  bool any_running = false;
+  uint32_t count = engine_.slots().allocated();
+  for (uint32_t index = 0; index < count; ++index) {
+    Record* rec = records_.TryAt(index);
+    if (rec == nullptr) continue;
+    uint64_t state = rec->state.load(std::memory_order_acquire);
+    if (state == 0 || (state & kFinal)) continue;
+    if (rec->fd.load(std::memory_order_relaxed) != fd) continue;
+    switch (CancelRequest(index, static_cast<uint32_t>(state >> kStateShift), nullptr, 0)) {
+      case CancelOutcome::kCanceled:
+        any_cancelled = true;
+        break;
+      case CancelOutcome::kNotCanceled:
+        any_running = true;
+        break;
+      case CancelOutcome::kAllDone:
+      case CancelOutcome::kRetry:  // finished (and maybe reused) meanwhile
+        break;
+    }
+  }
+  if (any_running) return AIO_NOTCANCELED;
+  return any_cancelled ? AIO_CANCELED : AIO_ALLDONE;
+}
+
+}  // namespace kaio::posix

@@ -1,0 +1,427 @@
+// posix/state.cc: State's submission and completion paths (see state.h): accepting an aiocb,
+// claiming, filling and launching its slot (on the calling thread or through the submitter),
+// Deliver, the continuation of a short result, notification, the scans aio_fsync needs, and the
+// counters. aio_cancel's side is posix/cancel.cc.
+#include "posix/state.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "core/slot.h"
+#include "posix/aiocb_words.h"
+#include "posix/orderer.h"
+#include "posix/waiting.h"
+
+namespace kaio::posix {
+
+using core::SlotState;
+using core::WordGeneration;
+
+std::atomic<State*> g_state{nullptr};
+
+namespace {
+
+// One producer token per thread for the engine's queue, created on the thread's first submission
+// and deleted by a TLS destructor (ThreadTokenReaper). The thread may still submit after that: an
+// atexit handler, a static destructor, or a thread_local destroyed later than the reaper. `retired`
+// then sends its requests through State's shared token, never through the freed one. The struct
+// itself is trivially destructible, so it stays valid for the whole life of the thread.
+struct ThreadToken {
+  const State* owner;
+  runtime::Engine::ProducerToken* token;
+  bool retired;
+};
+thread_local ThreadToken t_token = {nullptr, nullptr, false};
+
+struct ThreadTokenReaper {
+  bool armed = false;
+  ~ThreadTokenReaper() {
+    // A token of a state left behind by fork() belongs to the parent's queue: leave it. (acquire:
+    // as every reader of g_state; here the pointer is only compared.)
+    if (t_token.token != nullptr && t_token.owner == g_state.load(std::memory_order_acquire)) delete t_token.token;
+    t_token.token = nullptr;
+    t_token.retired = true;
+  }
+};
+// Its destructor is registered on the thread's first use, i.e. when the token is created.
+thread_local ThreadTokenReaper t_token_reaper;
+
+}  // namespace
+
+runtime::Engine::ProducerToken* State::Token() {
+  if (t_token.retired) return nullptr;
+  if (t_token.owner != this) {
+    t_token_reaper.armed = true;
+    t_token.token = engine_.NewProducerToken().release();  // a previous owner's token is abandoned
+    t_token.owner = this;
+  }
+  return t_token.token;
+}
+
+State::State(std::unique_ptr<Service> service, const PosixOptions& options)
+    : options_(options),
+      service_(std::move(service)),
+      engine_(service_->engine()),
+      pid_(getpid()),
+      uid_(getuid()),
+      records_(static_cast<uint32_t>(options.service.max_requests)),
+      sink_(*this),
+      orderer_(std::make_unique<Orderer>(*this)) {
+  engine_.RegisterSink(&sink_);
+}
+
+int State::SubmitAiocb(struct aiocb* cb, Op op, LioGroup* group, SubmitRoute route, bool* flush) {
+  int error = 0;
+  Request req;
+  // aio_fsync reads only aio_fildes and aio_sigevent (as glibc's, which ignores aio_reqprio there).
+  if (!IsSync(op) && (cb->aio_reqprio < 0 || cb->aio_reqprio > AIO_PRIO_DELTA_MAX)) {
+    error = EINVAL;
+  } else if (!ParseSigevent(cb->aio_sigevent, &req.notification)) {
+    error = EINVAL;
+  } else if (!engine_.accepting()) {
+    error = EAGAIN;
+  }
+  if (error != 0) {
+    MarkFailed(cb, error);
+    return error;
+  }
+  req.cb = cb;
+  req.op = op;
+  req.fd = cb->aio_fildes;
+  req.buf = static_cast<char*>(const_cast<void*>(cb->aio_buf));
+  req.nbytes = cb->aio_nbytes;
+  req.offset = cb->aio_offset;
+  req.group = group;
+  bool ordered = IsSync(op);
+  if (op == Op::kWrite) {
+    // Writes to an O_APPEND fd must land in call order, which concurrent kernel or pool requests
+    // would not guarantee. (An fd fcntl cannot read fails the write in the kernel, with EBADF.)
+    int saved = errno;
+    int flags = fcntl(req.fd, F_GETFL);
+    errno = saved;
+    ordered = flags >= 0 && (flags & O_APPEND) != 0;
+    if (flags >= 0 && (flags & O_DIRECT) == 0 && write_refusals_.SkipKernel(req.fd)) {
+      req.slot_flags |= core::kSlotForcePool;
+    }
+  }
+  MarkInProgress(cb);
+  // relaxed: the caller holds the group's own count until the whole list is queued.
+  if (group != nullptr) group->pending.fetch_add(1, std::memory_order_relaxed);
+  if (op == Op::kNone) {
+    // A lio_listio entry whose aio_lio_opcode names no operation: accepted, and failed with EINVAL
+    // as its asynchronous result, notification included (as glibc does). relaxed: a statistic.
+    counters_.submitted.fetch_add(1, std::memory_order_relaxed);
+    Finish(cb, -EINVAL, req.notification, group);
+    return 0;
+  }
+  // A slot or a thread the orderer could not get (EAGAIN) refuses the request here; a refusal
+  // after it was held back is its asynchronous result.
+  if (int err = ordered ? orderer_->Submit(req) : SubmitNow(req, route, flush); err != 0) {
+    // relaxed: as the add above; never the last count.
+    if (group != nullptr) group->pending.fetch_sub(1, std::memory_order_relaxed);
+    MarkFailed(cb, err);
+    return err;
+  }
+  if (ordered) counters_.ordered.fetch_add(1, std::memory_order_relaxed);  // relaxed: statistics
+  counters_.submitted.fetch_add(1, std::memory_order_relaxed);
+  return 0;
+}
+
+int State::SubmitNow(const Request& req, SubmitRoute route, bool* flush) {
+  uint32_t generation = 0;
+  uint32_t index = Prepare(req, req.slot_flags, 0, kNoRoot, 0, &generation);
+  if (index == kNoSlot) return EAGAIN;
+  if (req.slot_flags & core::kSlotForcePool) {  // bound for the pool: Launch hands it there directly
+    Launch(index);
+    return 0;
+  }
+  // A lone request is submitted here only while none of the process's other requests is still
+  // running. Behind a device queue the hand-off's few microseconds are lost in the queueing, while
+  // a one-request io_submit on the calling thread costs it a device notification (a VM exit on
+  // virtio) that the submitter pays once per chunk, and holds up the burst that may follow
+  // (docs/posix.md: O_DIRECT reads at iodepth 64 measured 0.92-0.94x of hand-off-only).
+  const bool go_inline =
+      route == SubmitRoute::kList ||
+      (route == SubmitRoute::kSingle && TakeLatencyBound() &&
+       sink_.accepted.load(std::memory_order_relaxed) == sink_.delivered.load(std::memory_order_relaxed));
+  runtime::Engine::ProducerToken* token = Token();
+  if (!options_.inline_submit || !go_inline || token == nullptr) {
+    Launch(index);
+    return 0;
+  }
+  // The calling thread calls io_submit itself while the submitter sleeps (RWF_NOWAIT: it cannot
+  // block there; what the kernel refuses goes to the pool): one thread hand-off fewer, none for a
+  // page-cache hit, whose result is published before aio_read returns. POSIX wants the request to
+  // progress with no further call from the program, so it is flushed now (a list: after its last
+  // entry), never left for a later aio_suspend. An awake submitter takes it as usual.
+  sink_.accepted.fetch_add(1, std::memory_order_seq_cst);  // before the enqueue, as in Launch
+  if (engine_.EnqueueDeferred(*token, index)) {
+    if (route == SubmitRoute::kList) {
+      *flush = true;
+    } else {
+      FlushInline();
+    }
+  }
+  return 0;
+}
+
+uint32_t State::Prepare(const Request& req, uint32_t flags, uint64_t done, uint32_t root, uint32_t root_generation,
+                        uint32_t* generation) {
+  uint32_t index = engine_.Claim(sink_, reinterpret_cast<uintptr_t>(req.cb));
+  if (index == kNoSlot) return kNoSlot;
+  core::Slot& slot = engine_.slots().at(index);
+  *generation = WordGeneration(slot.word.load(std::memory_order_relaxed));
+  slot.cb.aio_fildes = req.fd;
+  slot.cb.aio_lio_opcode = IoOpcode(req.op);
+  if (!IsSync(req.op)) {
+    slot.cb.u.c.buf = req.buf + done;
+    slot.cb.u.c.nbytes = req.nbytes - done;
+    slot.cb.u.c.offset = req.offset + static_cast<int64_t>(done);
+  }
+  slot.flags |= flags;
+  Record& rec = records_.Ensure(index);
+  rec.fd.store(req.fd, std::memory_order_relaxed);
+  rec.op.store(req.op, std::memory_order_relaxed);
+  rec.done.store(done, std::memory_order_relaxed);
+  rec.cb.store(req.cb, std::memory_order_relaxed);
+  rec.notification = req.notification;
+  rec.group = req.group;
+  rec.buf = req.buf;
+  rec.nbytes = req.nbytes;
+  rec.offset = req.offset;
+  rec.root = root;
+  rec.root_generation = root_generation;
+  // release: a scanner or canceller that acquires the state sees the fields above.
+  rec.state.store(uint64_t{*generation} << kStateShift, std::memory_order_release);
+  StoreTicket(req.cb, core::PackTicket(*generation, index));
+  return index;
+}
+
+void State::Launch(uint32_t index) {
+  // Many threads submit through this sink: a read-modify-write. Counted before the enqueue, as the
+  // engine requires. The POSIX service is never shut down, so the refuse-after-counting handshake
+  // Requester::Submit does with Engine::accepting() is not needed here.
+  sink_.accepted.fetch_add(1, std::memory_order_seq_cst);
+  if (engine_.slots().at(index).flags & core::kSlotForcePool) {
+    // A buffered write the kernel would refuse, or the rest of a short result: the pool's work
+    // either way, so it skips the submitter's queue and wake-up.
+    engine_.EnqueueToPool(index);
+  } else if (runtime::Engine::ProducerToken* token = Token()) {
+    engine_.Enqueue(*token, index);
+  } else {
+    std::lock_guard<std::mutex> lock(retired_mu_);
+    if (retired_token_ == nullptr) retired_token_ = engine_.NewProducerToken();
+    engine_.Enqueue(*retired_token_, index);
+  }
+}
+
+bool State::MayContinue(const Record& rec, Op op, uint64_t done, int64_t result) const {
+  if (static_cast<uint64_t>(result) >= rec.nbytes - done) return false;
+  if (op == Op::kWrite) return true;  // a blocking write(2) would have written it all
+  if (op == Op::kRead) {
+    // A regular file or block device read stops short only at end of file, or under RWF_NOWAIT at an
+    // uncached page; pipes and sockets return what they have, which is already right.
+    struct stat st;
+    int saved = errno;
+    bool regular = fstat(rec.fd.load(std::memory_order_relaxed), &st) == 0 &&
+                   (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
+    errno = saved;
+    return regular;
+  }
+  return false;
+}
+
+bool State::Continue(uint32_t index, uint64_t word, Record& rec, uint64_t done) {
+  Request req;
+  req.cb = rec.cb.load(std::memory_order_relaxed);
+  req.op = rec.op.load(std::memory_order_relaxed);
+  req.fd = rec.fd.load(std::memory_order_relaxed);
+  req.buf = rec.buf;
+  req.nbytes = rec.nbytes;
+  req.offset = rec.offset;
+  req.notification = rec.notification;
+  req.group = rec.group;
+  bool is_root = rec.root == kNoRoot;
+  uint32_t root = is_root ? index : rec.root;
+  uint32_t root_generation = is_root ? WordGeneration(word) : rec.root_generation;
+  uint32_t generation = 0;
+  // The rest runs in the blocking pool: the kernel already declined to finish it without blocking.
+  uint32_t next = Prepare(req, core::kSlotForcePool, done, root, root_generation, &generation);
+  if (next == kNoSlot) return false;  // no slot: the caller gets the partial result
+  counters_.continued.fetch_add(1, std::memory_order_relaxed);
+  if (is_root) {
+    // Kept (not final, not freed) until the chain ends, so a scan that starts now still sees it.
+    rec.state.fetch_or(kChainRoot, std::memory_order_acq_rel);
+  } else {
+    rec.state.fetch_or(kFinal, std::memory_order_acq_rel);
+    FreeSlot(index, word);
+  }
+  Launch(next);
+  return true;
+}
+
+void State::OnDeliver(uint32_t index) {
+  core::Slot& slot = engine_.slots().at(index);
+  // acquire: the engine's move into kCompleted published the result.
+  uint64_t word = slot.word.load(std::memory_order_acquire);
+  int64_t result = slot.result.load(std::memory_order_relaxed);
+  Record& rec = records_.at(index);
+  uint64_t prev = rec.state.fetch_or(kDelivered, std::memory_order_acq_rel);
+  if (prev & kCancelWon) {
+    // aio_cancel published ECANCELED; the slot is freed by whichever of us finishes last.
+    if (prev & kCancelDone) FreeSlot(index, word);
+    return;
+  }
+  Op op = rec.op.load(std::memory_order_relaxed);
+  uint64_t done = rec.done.load(std::memory_order_relaxed);
+  if (op == Op::kWrite && options_.service.fallback_threads > 0 &&
+      (slot.flags & (core::kSlotForcePool | core::kSlotForceKernel | core::kSlotNowait | core::kSlotStream)) == 0) {
+    // Offered to the kernel with RWF_NOWAIT (the engine does for every write it may send to the
+    // pool) and refused: the engine cleared kSlotNowait and ran it in the pool. (Not a stream
+    // lane's write, which never saw the kernel: taken for refused, the next writes to the pipe went
+    // straight to the lane from this thread and overtook one still in the submitter's queue.)
+    write_refusals_.Refused(rec.fd.load(std::memory_order_relaxed));
+  }
+  // A stream lane's write is short only where write(2) would be (O_NONBLOCK, an error after some
+  // bytes): its rest sent as a new request would land behind the lane's later writes.
+  if (result > 0 && (slot.flags & core::kSlotStream) == 0 && MayContinue(rec, op, done, result) &&
+      Continue(index, word, rec, done + result)) {
+    return;
+  }
+  int64_t final_result = result;
+  if (result >= 0) {
+    final_result = static_cast<int64_t>(done) + result;
+  } else if (done > 0) {
+    final_result = static_cast<int64_t>(done);  // as write(2): what was written before the error
+  }
+  struct aiocb* cb = rec.cb.load(std::memory_order_relaxed);
+  Notification n = rec.notification;
+  LioGroup* group = rec.group;
+  uint32_t root = rec.root;
+  uint32_t root_generation = rec.root_generation;
+  ClaimNotifyThread(&n, &final_result);
+  if (n.signal_fails) final_result = -EINVAL;  // glibc's answer (see Notification::signal_fails)
+  Publish(cb, final_result);  // from here on the aiocb is the program's again
+  if (root != kNoRoot) {
+    records_.at(root).state.fetch_or(kFinal, std::memory_order_acq_rel);
+    FreeSlot(root, core::PackWord(root_generation, SlotState::kCompleted));
+  }
+  rec.state.fetch_or(kFinal, std::memory_order_acq_rel);
+  FreeSlot(index, word);
+  AfterCompletion(n, group);
+}
+
+void State::Finish(struct aiocb* cb, int64_t result, const Notification& notification, LioGroup* group) {
+  Notification n = notification;
+  ClaimNotifyThread(&n, &result);
+  if (n.signal_fails) result = -EINVAL;  // glibc's answer (see Notification::signal_fails)
+  Publish(cb, result);
+  AfterCompletion(n, group);
+}
+
+// Before a result is published: a SIGEV_THREAD callback needs a thread, claimed while the result
+// can still say that none could be started (EAGAIN; the callback does not run). glibc's code means
+// to do the same, but it tests pthread_create's result for < 0, so there the callback is silently
+// lost and the request keeps its result.
+void State::ClaimNotifyThread(Notification* n, int64_t* result) {
+  if (n->notify != SIGEV_THREAD || notifier_.Reserve(n)) return;
+  *result = -EAGAIN;
+  n->notify = SIGEV_NONE;
+}
+
+void State::AfterCompletion(const Notification& n, LioGroup* group) {
+  WakeWaiters();
+  Notify(n);
+  if (group != nullptr) ReleaseGroup(group);
+}
+
+void State::ReleaseGroup(LioGroup* group) {
+  if (group->pending.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  Notification list = group->notification;
+  delete group;
+  // No aiocb can tell that the list's callback could not run (glibc drops it too).
+  if (list.notify == SIGEV_THREAD && !notifier_.Reserve(&list)) return;
+  Notify(list);
+}
+
+void State::Notify(const Notification& n) {
+  switch (n.notify) {
+    case SIGEV_SIGNAL:
+    case SIGEV_THREAD_ID:
+      SendSignal(n);
+      break;
+    case SIGEV_THREAD:
+      counters_.threads.fetch_add(1, std::memory_order_relaxed);
+      notifier_.Post(n);
+      break;
+    default:
+      break;
+  }
+}
+
+void State::SendSignal(const Notification& n) {
+  siginfo_t info;
+  std::memset(&info, 0, sizeof(info));
+  info.si_signo = n.signo;
+  info.si_code = SI_ASYNCIO;
+  info.si_pid = pid_;
+  info.si_uid = uid_;
+  info.si_value = n.value;
+  int saved = errno;
+  if (n.notify == SIGEV_THREAD_ID) {
+    syscall(SYS_rt_tgsigqueueinfo, pid_, n.tid, n.signo, &info);
+  } else {
+    syscall(SYS_rt_sigqueueinfo, pid_, n.signo, &info);
+  }
+  errno = saved;
+  counters_.signals.fetch_add(1, std::memory_order_relaxed);
+}
+
+std::vector<Dep> State::ScanWrites(int fd) const {
+  std::vector<Dep> deps;
+  uint32_t count = engine_.slots().allocated();
+  for (uint32_t index = 0; index < count; ++index) {
+    const Record* rec = records_.TryAt(index);
+    if (rec == nullptr) continue;
+    uint64_t state = rec->state.load(std::memory_order_acquire);
+    if (state == 0 || (state & kFinal)) continue;
+    if (rec->op.load(std::memory_order_relaxed) != Op::kWrite) continue;
+    if (rec->fd.load(std::memory_order_relaxed) != fd) continue;
+    // If the slot was reused since `state` was read, the dep is simply already done.
+    deps.push_back(Dep{index, static_cast<uint32_t>(state >> kStateShift)});
+  }
+  return deps;
+}
+
+bool State::Done(const Dep& dep) const {
+  const Record* rec = records_.TryAt(dep.index);
+  if (rec == nullptr) return true;
+  uint64_t state = rec->state.load(std::memory_order_acquire);
+  return static_cast<uint32_t>(state >> kStateShift) != dep.generation || (state & kFinal) != 0;
+}
+
+PosixStats State::Stats() const {
+  PosixStats s;
+  s.started = true;
+  s.submitted = counters_.submitted.load(std::memory_order_relaxed);
+  s.ordered = counters_.ordered.load(std::memory_order_relaxed);
+  s.continued = counters_.continued.load(std::memory_order_relaxed);
+  s.cancelled = counters_.cancelled.load(std::memory_order_relaxed);
+  s.signals_sent = counters_.signals.load(std::memory_order_relaxed);
+  s.threads_notified = counters_.threads.load(std::memory_order_relaxed);
+  s.service = service_->Stats();
+  return s;
+}
+
+}  // namespace kaio::posix
