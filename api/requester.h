@@ -58,11 +58,11 @@
 #include "kaio/service.h"
 #include "kaio/types.h"
 
-namespace moodycamel {
-struct ProducerToken;
-}
-
 namespace kaio {
+
+namespace runtime {
+class Client;
+}
 
 struct RequesterOptions {
   // See "Inline I/O" above. Off: every request is handed to the service's threads at once.
@@ -128,28 +128,10 @@ class Requester {
   uint64_t in_flight() const;
 
  private:
-  Requester(Service& service, core::Mailbox* mailbox, const RequesterOptions& options);
-  // inline_io: flush, then reap what the kernel finished (for every requester) on this thread.
-  void PumpInline();
-  absl::StatusOr<Ticket> Submit(int fd, short opcode, void* buf, uint64_t nbytes, int64_t offset, uint64_t tag);
-  absl::StatusOr<Ticket> SubmitVector(int fd, short opcode, const struct iovec* iov, int iovcnt, int64_t offset, uint64_t tag);
-  size_t TakeLocal(absl::Span<Completion> out);
-  // The slot index of a live ticket of ours, or UINT32_MAX.
-  uint32_t OwnSlot(Ticket ticket) const;
-  bool Finished(Ticket ticket) const;
-  void DisarmUnlessNotifying();
+  Requester(Service& service, std::unique_ptr<runtime::Client> client);
 
   Service& service_;
-  runtime::Engine& engine_;
-  core::Mailbox* mailbox_;
-  std::unique_ptr<moodycamel::ProducerToken> token_;
-  bool notify_mode_ = false;
-  const bool inline_io_;
-  bool flush_pending_ = false;  // inline_io: requests queued while the submitter sleeps
-  // Serial numbers for this requester's tickets: a block of the process-wide range at a time.
-  uint64_t next_serial_ = 0;
-  uint64_t serial_block_end_ = 0;
-  uint64_t NextSerial();
+  std::unique_ptr<runtime::Client> client_;  // does the work (runtime/client.h)
 };
 
 }  // namespace kaio

@@ -3,8 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "core/mailbox.h"
-#include "core/syscalls.h"
+#include "runtime/client.h"
 #include "runtime/engine.h"
 
 namespace kaio {
@@ -20,7 +19,8 @@ absl::StatusOr<std::unique_ptr<Service>> Service::CreateWithSyscalls(const Servi
   return std::unique_ptr<Service>(new Service(*std::move(engine)));
 }
 
-Service::Service(std::unique_ptr<runtime::Engine> engine) : engine_(std::move(engine)) {}
+Service::Service(std::unique_ptr<runtime::Engine> engine)
+    : engine_(std::move(engine)), mailboxes_(std::make_unique<runtime::MailboxPool>(engine_->slots())) {}
 
 Service::~Service() {
   Shutdown();
@@ -31,31 +31,11 @@ Service::~Service() {
     std::abort();
   }
   engine_.reset();  // joins the threads; no Deliver() can run after this
-  mailboxes_.clear();
+  mailboxes_.reset();
 }
 
 ServiceStats Service::Stats() const { return engine_->Stats(); }
 
 void Service::Shutdown() { engine_->Shutdown(); }
-
-absl::StatusOr<core::Mailbox*> Service::TakeMailbox() {
-  std::lock_guard<std::mutex> lock(mailboxes_mu_);
-  if (!free_mailboxes_.empty()) {
-    core::Mailbox* mailbox = free_mailboxes_.back();
-    free_mailboxes_.pop_back();
-    mailbox->ResetForNewOwner();
-    return mailbox;
-  }
-  absl::StatusOr<std::unique_ptr<core::Mailbox>> mailbox =
-      core::Mailbox::Create(engine_->slots(), core::Syscalls::Real());  // wake-ups: not a fault-injection target
-  if (!mailbox.ok()) return mailbox.status();
-  mailboxes_.push_back(*std::move(mailbox));
-  return mailboxes_.back().get();
-}
-
-void Service::GiveBackMailbox(core::Mailbox* mailbox) {
-  std::lock_guard<std::mutex> lock(mailboxes_mu_);
-  free_mailboxes_.push_back(mailbox);
-}
 
 }  // namespace kaio

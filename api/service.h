@@ -15,8 +15,6 @@
 #define KAIO_API_SERVICE_H_
 
 #include <memory>
-#include <mutex>
-#include <vector>
 
 #include "absl/status/statusor.h"
 #include "kaio/types.h"
@@ -25,19 +23,16 @@ namespace kaio {
 
 namespace runtime {
 class Engine;
+class MailboxPool;
+class ServiceAccess;
 }
 namespace core {
-class Mailbox;
 class Syscalls;
 }
 
 class Service {
  public:
   static absl::StatusOr<std::unique_ptr<Service>> Create(const ServiceOptions& options = {});
-  // For kaio's own tests: every kernel call goes through `syscalls` (fault injection). It must
-  // outlive the service.
-  static absl::StatusOr<std::unique_ptr<Service>> CreateWithSyscalls(const ServiceOptions& options,
-                                                                     core::Syscalls* syscalls);
   ~Service();
   Service(const Service&) = delete;
   Service& operator=(const Service&) = delete;
@@ -47,21 +42,15 @@ class Service {
   // Stops accepting requests and waits for every accepted one to complete. Idempotent.
   void Shutdown();
 
-  // For kaio's own layers (the POSIX facade, tests): the engine behind the service.
-  runtime::Engine& engine() { return *engine_; }
-
  private:
   friend class Requester;
+  friend class runtime::ServiceAccess;  // kaio's own layers and tests (runtime/service_access.h)
+  static absl::StatusOr<std::unique_ptr<Service>> CreateWithSyscalls(const ServiceOptions& options,
+                                                                     core::Syscalls* syscalls);
   explicit Service(std::unique_ptr<runtime::Engine> engine);
-  // Mailboxes are recycled, never freed while the service runs: a completer may still be inside
-  // Deliver() just after the owner saw its completion.
-  absl::StatusOr<core::Mailbox*> TakeMailbox();
-  void GiveBackMailbox(core::Mailbox* mailbox);
 
   std::unique_ptr<runtime::Engine> engine_;
-  std::mutex mailboxes_mu_;
-  std::vector<std::unique_ptr<core::Mailbox>> mailboxes_;
-  std::vector<core::Mailbox*> free_mailboxes_;
+  std::unique_ptr<runtime::MailboxPool> mailboxes_;  // outlives engine_ (see ~Service)
 };
 
 }  // namespace kaio

@@ -32,6 +32,7 @@
 #include "core/syscalls.h"
 #include "kaio/requester.h"
 #include "kaio/service.h"
+#include "runtime/service_access.h"
 #include "tools/clock.h"
 
 namespace {
@@ -200,7 +201,7 @@ class NullKernel : public kaio::core::Syscalls {
 void BM_NullIoRoundTrip(benchmark::State& state) {
   const int depth = static_cast<int>(state.range(0));
   NullKernel kernel;
-  auto service = *kaio::Service::CreateWithSyscalls({}, &kernel);
+  auto service = *kaio::runtime::ServiceAccess::CreateWithSyscalls({}, &kernel);
   auto requester = *kaio::Requester::Create(*service);
   int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   std::vector<char> buf(4096);
@@ -230,7 +231,7 @@ BENCHMARK(BM_NullIoRoundTrip)->Arg(1)->Arg(32)->Arg(128)->UseRealTime();
 
 void BM_RequesterPollEmpty(benchmark::State& state) {
   NullKernel kernel;
-  auto service = *kaio::Service::CreateWithSyscalls({}, &kernel);
+  auto service = *kaio::runtime::ServiceAccess::CreateWithSyscalls({}, &kernel);
   auto requester = *kaio::Requester::Create(*service);
   std::vector<kaio::Completion> done(32);
   for (auto _ : state) benchmark::DoNotOptimize(requester->Poll(absl::MakeSpan(done)));

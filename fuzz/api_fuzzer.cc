@@ -37,6 +37,7 @@
 #include "kaio/requester.h"
 #include "kaio/service.h"
 #include "runtime/engine.h"
+#include "runtime/service_access.h"
 #include "tests/fault_syscalls.h"
 
 namespace kaio::fuzz {
@@ -128,7 +129,7 @@ struct Env {
     c.fallback_threads = 1;
     c.idle_release = absl::Milliseconds(1);
     for (const ServiceOptions& o : {a, b, c}) {
-      auto s = Service::CreateWithSyscalls(o, &sys);
+      auto s = runtime::ServiceAccess::CreateWithSyscalls(o, &sys);
       if (!s.ok()) {
         std::fprintf(stderr, "kaio_api_fuzzer: %s\n", s.status().ToString().c_str());
         std::abort();
@@ -296,7 +297,7 @@ class Run {
   // with those errnos, so the slot itself says which it was (nothing else claims slots meanwhile:
   // this harness is the only producer).
   bool Consumed(Ticket t) {
-    const core::Slot& slot = service_->engine().slots().at(core::TicketIndex(t.slot()));
+    const core::Slot& slot = runtime::ServiceAccess::EngineOf(*service_).slots().at(core::TicketIndex(t.slot()));
     uint64_t word = slot.word.load(std::memory_order_acquire);
     core::SlotState state = core::WordState(word);
     return core::WordGeneration(word) != core::TicketGeneration(t.slot()) || state == core::SlotState::kFree ||
@@ -651,7 +652,7 @@ class Run {
     if (st.requests_accepted - before_.requests_accepted != answered_ + abandoned_) {
       Violation("requests accepted in this input != requests answered + abandoned", st.requests_accepted - before_.requests_accepted, static_cast<int64_t>(answered_ + abandoned_));
     }
-    core::SlotTable& slots = service_->engine().slots();
+    core::SlotTable& slots = runtime::ServiceAccess::EngineOf(*service_).slots();
     for (uint32_t i = 0; i < slots.allocated(); ++i) {
       if (core::WordState(slots.at(i).word.load(std::memory_order_acquire)) != core::SlotState::kFree) Violation("a slot leaked", i);
     }

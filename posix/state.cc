@@ -22,6 +22,7 @@
 #include "posix/aiocb_words.h"
 #include "posix/orderer.h"
 #include "posix/waiting.h"
+#include "runtime/service_access.h"
 
 namespace kaio::posix {
 
@@ -72,7 +73,7 @@ runtime::Engine::ProducerToken* State::Token() {
 State::State(std::unique_ptr<Service> service, const PosixOptions& options)
     : options_(options),
       service_(std::move(service)),
-      engine_(service_->engine()),
+      engine_(runtime::ServiceAccess::EngineOf(*service_)),
       pid_(getpid()),
       uid_(getuid()),
       records_(static_cast<uint32_t>(options.service.max_requests)),

@@ -43,6 +43,7 @@
 #include "kaio/requester.h"
 #include "kaio/service.h"
 #include "runtime/engine.h"
+#include "runtime/service_access.h"
 #include "stress/block_format.h"
 #include "tests/fault_syscalls.h"
 #include "tools/cli.h"
@@ -999,7 +1000,7 @@ uint64_t FinalPass(Shared& s, const std::vector<std::unique_ptr<Worker>>& worker
 
 // Every slot of the slab must be free once every requester is gone.
 void CheckSlots(Shared& s) {
-  core::SlotTable& slots = s.service->engine().slots();
+  core::SlotTable& slots = kaio::runtime::ServiceAccess::EngineOf(*s.service).slots();
   uint64_t leaked = 0;
   for (uint32_t i = 0; i < slots.allocated(); ++i) {
     uint64_t word = slots.at(i).word.load(std::memory_order_acquire);
@@ -1081,7 +1082,7 @@ int Main(int argc, char** argv) {
   so.submit_batch = o.submit_batch;
   so.fallback_threads = o.fallback_threads;
   so.idle_release = absl::Milliseconds(o.idle_release_ms);
-  auto service = Service::CreateWithSyscalls(so, s.faults);
+  auto service = kaio::runtime::ServiceAccess::CreateWithSyscalls(so, s.faults);
   if (!service.ok()) {
     std::fprintf(stderr, "kaio_stress: Service::Create: %s\n", service.status().ToString().c_str());
     return 2;

@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "kaio/requester.h"
 #include "kaio/service.h"
+#include "runtime/service_access.h"
 #include "tests/test_util.h"
 
 namespace kaio::testing {
@@ -40,7 +41,7 @@ inline std::unique_ptr<Service> NewService(const ServiceOptions& options = {}) {
 
 // The same, with every kernel call going through `sys` (which must outlive the service).
 inline std::unique_ptr<Service> NewService(core::Syscalls& sys, const ServiceOptions& options = {}) {
-  auto service = Service::CreateWithSyscalls(options, &sys);
+  auto service = runtime::ServiceAccess::CreateWithSyscalls(options, &sys);
   if (!service.ok()) {
     ADD_FAILURE() << service.status();
     return nullptr;

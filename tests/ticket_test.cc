@@ -13,6 +13,7 @@
 #include "kaio/requester.h"
 #include "kaio/service.h"
 #include "runtime/engine.h"
+#include "runtime/service_access.h"
 #include "tests/test_util.h"
 
 namespace kaio {
@@ -91,7 +92,7 @@ TEST(Ticket, AWrappedGenerationDoesNotMakeAStaleTicketLive) {
   EXPECT_EQ(io->Return(*stale), 64);
   // 2^32 requests later (about two hours at 1M a second on one slot) the generation is back where
   // it was: set it there directly, the slot free as the requester left it.
-  core::Slot& slot = service->engine().slots().at(core::TicketIndex(stale->slot()));
+  core::Slot& slot = runtime::ServiceAccess::EngineOf(*service).slots().at(core::TicketIndex(stale->slot()));
   const uint64_t word = slot.word.load(std::memory_order_acquire);
   ASSERT_EQ(core::WordState(word), core::SlotState::kFree);
   slot.word.store(core::PackWord(core::TicketGeneration(stale->slot()), core::SlotState::kFree),

@@ -1,0 +1,104 @@
+// Client: one requester's side of the engine: its requests (claim, describe, enqueue, with a
+// ticket serial of its own), its mailbox (collecting completions, the waits, Error/Return) and its
+// cancels. kaio::Requester (api/requester.h) is a thin wrapper around one; the contract a consumer
+// relies on is written there.
+//
+// Threading: one thread at a time, as the Requester; Error() from any thread.
+// Ownership: the mailbox is the caller's (Service keeps a pool of them) and must outlive the Client;
+// the destructor waits for every outstanding request and frees the slots still holding results.
+#ifndef KAIO_RUNTIME_CLIENT_H_
+#define KAIO_RUNTIME_CLIENT_H_
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "kaio/types.h"
+#include "runtime/engine.h"
+
+#include <mutex>
+#include <vector>
+
+namespace kaio::core {
+class Mailbox;
+class SlotTable;
+}
+
+namespace kaio::runtime {
+
+class Client {
+ public:
+  Client(Engine& engine, core::Mailbox* mailbox, bool inline_io);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  absl::StatusOr<Ticket> Read(int fd, void* buf, size_t length, int64_t offset, uint64_t tag);
+  absl::StatusOr<Ticket> Write(int fd, const void* buf, size_t length, int64_t offset, uint64_t tag);
+  absl::StatusOr<Ticket> Readv(int fd, const struct iovec* iov, int iovcnt, int64_t offset, uint64_t tag);
+  absl::StatusOr<Ticket> Writev(int fd, const struct iovec* iov, int iovcnt, int64_t offset, uint64_t tag);
+  absl::StatusOr<Ticket> Fsync(int fd, uint64_t tag);
+  absl::StatusOr<Ticket> Fdatasync(int fd, uint64_t tag);
+  void Flush();
+  size_t Poll(absl::Span<Completion> out);
+  size_t Wait(absl::Span<Completion> out, size_t min_count, absl::Duration timeout);
+  absl::Status WaitAll(absl::Span<const Ticket> tickets, absl::Duration timeout);
+  absl::StatusOr<size_t> WaitAny(absl::Span<const Ticket> tickets, absl::Duration timeout);
+  int Error(Ticket ticket) const;
+  int64_t Return(Ticket ticket);
+  absl::StatusOr<CancelResult> Cancel(Ticket ticket);
+  CancelResult CancelAll(int fd);
+  int NotifyFd();
+  uint64_t in_flight() const;
+  core::Mailbox* mailbox() const { return mailbox_; }
+
+ private:
+  // inline_io: flush, then reap what the kernel finished (for every requester) on this thread.
+  void PumpInline();
+  absl::StatusOr<Ticket> Submit(int fd, short opcode, void* buf, uint64_t nbytes, int64_t offset, uint64_t tag);
+  absl::StatusOr<Ticket> SubmitVector(int fd, short opcode, const struct iovec* iov, int iovcnt, int64_t offset,
+                                      uint64_t tag);
+  size_t TakeLocal(absl::Span<Completion> out);
+  // The slot index of a live ticket of ours, or UINT32_MAX.
+  uint32_t OwnSlot(Ticket ticket) const;
+  bool Finished(Ticket ticket) const;
+  void DisarmUnlessNotifying();
+  // Serial numbers for this client's tickets: a block of the process-wide range at a time.
+  uint64_t NextSerial();
+
+  Engine& engine_;
+  core::Mailbox* mailbox_;
+  std::unique_ptr<Engine::ProducerToken> token_;
+  bool notify_mode_ = false;
+  const bool inline_io_;
+  bool flush_pending_ = false;  // inline_io: requests queued while the submitter sleeps
+  uint64_t next_serial_ = 0;
+  uint64_t serial_block_end_ = 0;
+};
+
+// The mailboxes of a service's clients, recycled, never freed while the service runs: a completer
+// may still be inside Deliver() just after the owner saw its completion. Destroy it only after the
+// engine (whose threads deliver). Thread-safe (a mutex: once per client created or destroyed).
+class MailboxPool {
+ public:
+  explicit MailboxPool(core::SlotTable& slots);
+  ~MailboxPool();
+  absl::StatusOr<core::Mailbox*> Take();
+  void GiveBack(core::Mailbox* mailbox);
+
+ private:
+  core::SlotTable& slots_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<core::Mailbox>> mailboxes_;
+  std::vector<core::Mailbox*> free_;
+};
+
+}  // namespace kaio::runtime
+
+#endif  // KAIO_RUNTIME_CLIENT_H_
