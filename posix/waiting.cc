@@ -58,12 +58,6 @@ int SleepOnSequence(uint32_t word, const struct timespec* timeout) {
   return 0;  // EAGAIN: the word already changed
 }
 
-int64_t MonotonicNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
-
 int WaitAllListed(struct aiocb* const list[], int nent) {
   while (true) {
     uint32_t seq = PrepareToWait();

@@ -24,6 +24,8 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "core/clock.h"
+
 namespace kaio::posix {
 
 // futex(2) on `address`: the system call's answer (-1 with errno when it fails).
@@ -39,8 +41,8 @@ uint32_t PrepareToWait();
 // be null) passes, or a signal handler runs. Returns 0, or ETIMEDOUT / EINTR.
 int SleepOnSequence(uint32_t word, const struct timespec* timeout);
 
-// CLOCK_MONOTONIC, in nanoseconds.
-int64_t MonotonicNs();
+// CLOCK_MONOTONIC, in nanoseconds (kaio's one clock).
+using core::MonotonicNs;
 
 // Waits until no listed, non-NOP request is in progress. 0, or EINTR.
 int WaitAllListed(struct aiocb* const list[], int nent);

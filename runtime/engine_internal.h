@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/clock.h"
 #include "core/slot.h"
 
 namespace kaio::runtime {
@@ -25,11 +26,7 @@ using core::WordState;
 
 constexpr uint32_t kNoSlot = core::SlotTable::kNoSlot;
 
-inline int64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
+using core::MonotonicNs;
 
 // kaio's wake-up and completion eventfds: non-blocking, as every wait on them is a bounded poll.
 inline int MakeEventfd() { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }

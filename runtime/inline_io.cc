@@ -135,8 +135,8 @@ bool Engine::TakeReapRoleToLearn(const Submitted* batch, size_t count) {
   const bool unknown =
       std::any_of(batch, batch + count, [this](const Submitted& sub) { return FdKindOf(sub.fd) == kFdUnknown; });
   if (!unknown) return false;
-  const int64_t give_up = NowNs() + 200 * 1000;
-  while (NowNs() < give_up) {
+  const int64_t give_up = MonotonicNs() + 200 * 1000;
+  while (MonotonicNs() < give_up) {
     __builtin_ia32_pause();
     // A relaxed load first (a spin that only reads keeps the line shared), then the acquire exchange
     // that takes the role.

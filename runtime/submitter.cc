@@ -257,13 +257,13 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
   size_t done = 0;
   int eagain_streak = 0;
   while (done < kernel_count) {
-    int64_t start = NowNs();
+    int64_t start = MonotonicNs();
     // A call's requests reach the device only when it returns (the block layer plugs them): split
     // a batch that goes to a device (see ServiceOptions::device_submit_chunk).
     size_t nr = kernel_count - done;
     if (goes_to_device) nr = std::min(nr, device_chunk_);
     int rc = sys_.IoSubmit(ctx, static_cast<long>(nr), cbs + done);
-    int64_t took = NowNs() - start;
+    int64_t took = MonotonicNs() - start;
     // relaxed: statistics; max_io_submit_ns has one writer at a time (the submit role), so load and store.
     counters_.io_submit_calls.fetch_add(1, std::memory_order_relaxed);
     if (took > counters_.max_io_submit_ns.load(std::memory_order_relaxed)) {

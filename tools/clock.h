@@ -1,20 +1,16 @@
-// NowNs: the monotonic clock in nanoseconds, the one time source of kaio's tools, stress driver,
-// examples and benchmarks (runtime/ keeps its own: the library does not depend on tools/).
-// clock_gettime(CLOCK_MONOTONIC) is a vDSO call: no syscall, cheap enough for every I/O.
+// NowNs: kaio's one clock (core/clock.h) under the name the tools, the stress driver, the examples
+// and the benchmarks use.
 #ifndef KAIO_TOOLS_CLOCK_H_
 #define KAIO_TOOLS_CLOCK_H_
 
-#include <time.h>
-
 #include <cstdint>
+
+#include "core/clock.h"
 
 namespace kaio_tools {
 
-inline int64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
+using ::kaio::core::MonotonicNs;
+inline int64_t NowNs() { return MonotonicNs(); }
 
 }  // namespace kaio_tools
 
