@@ -31,6 +31,13 @@
 // Ownership: buffers and iovec arrays belong to the caller and must stay valid until the request's
 // completion has been consumed. Destroying a Requester waits for its outstanding requests.
 //
+// Memory ordering, what a consumer may rely on: once Poll or Wait hands you a completion, or
+// WaitAll/WaitAny returns for its ticket, or Error() says it is no longer EINPROGRESS, every byte
+// the read put into your buffer is visible to the calling thread, and kaio touches the buffer no
+// more (no fence or lock needed on your side). What you wrote into a buffer before the Write call
+// is what gets written. Another thread that is to read the buffer needs your own synchronisation
+// with the thread that collected the completion.
+//
 // Results: a completion's result is the byte count (a short read is a result, not an error) or
 // -errno. Tickets are single-use: once Poll/Wait hands a completion back, or Return() takes it, the
 // ticket is stale and Error/Return/Cancel/WaitAll answer EINVAL (never another request's answer).
