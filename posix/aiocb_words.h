@@ -9,8 +9,7 @@
 // Threading: any thread, at any time, a signal handler included (no lock, no allocation): every
 // access is an __atomic builtin on the aiocb. kaio writes an aiocb from the moment it accepts it
 // (MarkInProgress) until it publishes the result (Publish); a refusal writes it once (MarkFailed).
-// Inline, as they were when all of this was one file: aio_error, which programs call in loops, is
-// two loads.
+// All inline, so that aio_error, which programs call in loops, is two loads and no call.
 //
 // Memory ordering: Publish stores __return_value, then __error_code with a seq_cst store; a reader
 // that loads the final __error_code (LoadError: acquire unless told; InProgress: seq_cst) then sees
@@ -51,6 +50,10 @@ inline AliasedWord* MetaWord(const struct aiocb* cb, int i) {
 // Word 0: the ticket (generation << 32 | slot) of the request's current slot; kTicketPending while
 // the orderer holds it back; 0 when it has none.
 constexpr uint64_t kTicketPending = ~uint64_t{0};
+// acquire / release: State::Prepare fills the slot's Record (its chunk allocated, its state stored)
+// before StoreTicket publishes the ticket, so a canceller that loads a ticket finds that Record (of
+// this generation, or a later one). kTicketPending and 0 publish nothing: the orderer's mutex and
+// the owner word order those.
 inline uint64_t LoadTicket(const struct aiocb* cb) { return __atomic_load_n(MetaWord(cb, 0), __ATOMIC_ACQUIRE); }
 inline void StoreTicket(struct aiocb* cb, uint64_t ticket) {
   __atomic_store_n(MetaWord(cb, 0), ticket, __ATOMIC_RELEASE);
@@ -59,6 +62,9 @@ inline void StoreTicket(struct aiocb* cb, uint64_t ticket) {
 // Word 1: the owner: kOwnerMagic | pid.
 constexpr uint64_t kOwnerMagic = uint64_t{0x6b61696f} << 32;  // "kaio"
 constexpr uint64_t kOwnerPidMask = 0xffffffff;
+// acquire: pairs with the owner's release store in MarkInProgress / MarkFailed, which comes after the
+// error code and the ticket it vouches for, so a thread that loads the owner this call stored reads
+// those (or a later result), not what the aiocb held before it was submitted here.
 inline uint64_t LoadOwner(const struct aiocb* cb) { return __atomic_load_n(MetaWord(cb, 1), __ATOMIC_ACQUIRE); }
 
 // The pid CurrentPid answers, cached (posix/aiocb_words.cc): 0 until first needed; set again at
@@ -66,6 +72,9 @@ inline uint64_t LoadOwner(const struct aiocb* cb) { return __atomic_load_n(MetaW
 extern std::atomic<int> g_pid;
 
 inline int CurrentPid() {
+  // relaxed: a cache of getpid() that publishes nothing. Every store in a process writes that
+  // process's pid (a fork child's AtforkChild, while the child has one thread), so a load returns the
+  // right pid, or 0 and then getpid() answers.
   int pid = g_pid.load(std::memory_order_relaxed);
   if (pid == 0) {
     pid = static_cast<int>(getpid());
@@ -82,6 +91,9 @@ inline bool Ours(const struct aiocb* cb) {
   return owner == OwnerWord();
 }
 
+// acquire by default: pairs with Publish's seq_cst store of the error code (a release), so a caller
+// that reads the final error code then reads __return_value and the bytes the request moved. A
+// waiter passes __ATOMIC_SEQ_CST instead (InProgress).
 inline int LoadError(const struct aiocb* cb, int order = __ATOMIC_ACQUIRE) {
   return __atomic_load_n(&cb->__error_code, order);
 }
@@ -92,21 +104,30 @@ inline bool InProgress(const struct aiocb* cb) {
 }
 
 inline void MarkInProgress(struct aiocb* cb) {
+  // relaxed: the submitting thread alone writes the aiocb here. These stores reach the completer (so
+  // its Publish follows them in each field's modification order) through the slot's release hand-off
+  // or the orderer's mutex, and reach other readers through the owner word's release below.
   __atomic_store_n(&cb->__return_value, 0, __ATOMIC_RELAXED);
   __atomic_store_n(&cb->__error_code, EINPROGRESS, __ATOMIC_RELAXED);
   StoreTicket(cb, 0);
+  // release: after the fields the owner word vouches for (pairs with LoadOwner's acquire).
   __atomic_store_n(MetaWord(cb, 1), OwnerWord(), __ATOMIC_RELEASE);
 }
 
 // The request's final result: bytes, or -errno.
 inline void Publish(struct aiocb* cb, int64_t result) {
+  // relaxed: released by the error code's seq_cst store below, which readers acquire.
   __atomic_store_n(&cb->__return_value, result < 0 ? -1 : static_cast<ssize_t>(result), __ATOMIC_RELAXED);
-  // seq_cst: releases the return value (and the buffer) and orders it before the waiters' check.
+  // seq_cst: releases the return value (and the buffer) to LoadError's acquire, and is the
+  // completer's first half of the pair with a waiter (this store, then WakeWaiters' seq_cst add; the
+  // waiter announces itself, then InProgress loads this seq_cst).
   __atomic_store_n(&cb->__error_code, result < 0 ? static_cast<int>(-result) : 0, __ATOMIC_SEQ_CST);
 }
 
 // A submission refused on the spot: the aiocb reports the error too (as glibc's does).
 inline void MarkFailed(struct aiocb* cb, int error) {
+  // relaxed, then the owner's release: as in MarkInProgress. The submitting thread reads the refusal
+  // itself (the call's return value); another thread that loads the owner reads it through its acquire.
   __atomic_store_n(&cb->__return_value, -1, __ATOMIC_RELAXED);
   __atomic_store_n(&cb->__error_code, error, __ATOMIC_RELAXED);
   StoreTicket(cb, 0);

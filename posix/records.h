@@ -96,9 +96,11 @@ class Records {
 
   explicit Records(uint32_t max_slots)
       : max_chunks_((max_slots + kChunkSize - 1) / kChunkSize), chunks_(new std::atomic<Record*>[max_chunks_]) {
+    // relaxed: the table is not shared yet (its State is published by g_state's release store).
     for (uint32_t i = 0; i < max_chunks_; ++i) chunks_[i].store(nullptr, std::memory_order_relaxed);
   }
   ~Records() {
+    // relaxed: a destructor runs when no other thread can use the table.
     for (uint32_t i = 0; i < max_chunks_; ++i) delete[] chunks_[i].load(std::memory_order_relaxed);
   }
   Records(const Records&) = delete;
@@ -116,9 +118,11 @@ class Records {
     if (Record* r = TryAt(index)) return *r;
     std::lock_guard<std::mutex> lock(mu_);
     uint32_t chunk = index >> kChunkBits;
+    // relaxed: under mu_, which every store of a chunk pointer holds, so the mutex orders this load.
     Record* records = chunks_[chunk].load(std::memory_order_relaxed);
     if (records == nullptr) {
       records = new Record[kChunkSize];
+      // release: pairs with TryAt's acquire, so a thread that finds the chunk finds its Records constructed.
       chunks_[chunk].store(records, std::memory_order_release);
     }
     return records[index & (kChunkSize - 1)];

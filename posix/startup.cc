@@ -39,6 +39,8 @@ void AtforkChild() {
   // The engine's threads did not come along: the child starts its own service when it needs one.
   // The parent's state is abandoned, not destroyed (its mutexes may be held by threads that are
   // gone).
+  // relaxed: the child has one thread until it starts another (pthread_create orders these stores
+  // before the new thread), and g_init_mu, held since AtforkPrepare, guards g_state's stores.
   g_state.store(nullptr, std::memory_order_relaxed);
   g_pid.store(static_cast<int>(getpid()), std::memory_order_relaxed);
   g_init_mu.unlock();
@@ -54,6 +56,7 @@ namespace {
 }  // namespace
 
 void PrintStatsAtExit() {
+  // acquire: pairs with StartSlow's release store, so the State read through the pointer is built.
   State* s = g_state.load(std::memory_order_acquire);
   if (s == nullptr) return;
   PosixStats st = s->Stats();
@@ -78,6 +81,8 @@ void PrintStatsAtExit() {
 
 State* StartSlow(int* error) {
   std::lock_guard<std::mutex> lock(g_init_mu);
+  // relaxed: under g_init_mu, which every store of g_state holds (here and AtforkChild), so the mutex
+  // orders this load after them.
   if (State* s = g_state.load(std::memory_order_relaxed)) return s;
   if (g_config_failed) {
     *error = EINVAL;
@@ -115,8 +120,11 @@ State* StartSlow(int* error) {
     }
     return nullptr;
   }
+  // relaxed: a cache of getpid() (see CurrentPid).
   g_pid.store(static_cast<int>(getpid()), std::memory_order_relaxed);
   State* s = new State(*std::move(service), options);
+  // release: pairs with the acquire loads of GetState and the other readers, so a thread that sees
+  // the pointer sees the State constructed.
   g_state.store(s, std::memory_order_release);
   if (options.print_stats && !g_stats_at_exit) {
     g_stats_at_exit = true;
@@ -134,6 +142,7 @@ State* StartSlow(int* error) {
 }
 
 State* GetState(int* error) {
+  // acquire: pairs with StartSlow's release store (see there).
   State* s = g_state.load(std::memory_order_acquire);
   return s != nullptr ? s : StartSlow(error);
 }

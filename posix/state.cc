@@ -134,6 +134,7 @@ int State::SubmitAiocb(struct aiocb* cb, Op op, LioGroup* group, SubmitRoute rou
     MarkFailed(cb, err);
     return err;
   }
+  // relaxed: statistics (Stats), through which nothing is published.
   if (ordered) counters_.ordered.fetch_add(1, std::memory_order_relaxed);  // relaxed: statistics
   counters_.submitted.fetch_add(1, std::memory_order_relaxed);
   return 0;
@@ -152,6 +153,9 @@ int State::SubmitNow(const Request& req, SubmitRoute route, bool* flush) {
   // a one-request io_submit on the calling thread costs it a device notification (a VM exit on
   // virtio) that the submitter pays once per chunk, and holds up the burst that may follow
   // (docs/posix.md: O_DIRECT reads at iodepth 64 measured 0.92-0.94x of hand-off-only).
+  // relaxed: a hint; a wrong answer only picks the other route, and both submit the request. It is
+  // fresh where it matters: a program that saw its last result (acquiring Publish's store) sees that
+  // request's `delivered` add, which Sink::Deliver makes before OnDeliver publishes.
   const bool go_inline =
       route == SubmitRoute::kList ||
       (route == SubmitRoute::kSingle && TakeLatencyBound() &&
@@ -166,6 +170,7 @@ int State::SubmitNow(const Request& req, SubmitRoute route, bool* flush) {
   // page-cache hit, whose result is published before aio_read returns. POSIX wants the request to
   // progress with no further call from the program, so it is flushed now (a list: after its last
   // entry), never left for a later aio_suspend. An awake submitter takes it as usual.
+  // seq_cst, as in Launch (see there).
   sink_.accepted.fetch_add(1, std::memory_order_seq_cst);  // before the enqueue, as in Launch
   if (engine_.EnqueueDeferred(*token, index)) {
     if (route == SubmitRoute::kList) {
@@ -182,6 +187,8 @@ uint32_t State::Prepare(const Request& req, uint32_t flags, uint64_t done, uint3
   uint32_t index = engine_.Claim(sink_, reinterpret_cast<uintptr_t>(req.cb));
   if (index == kNoSlot) return kNoSlot;
   core::Slot& slot = engine_.slots().at(index);
+  // relaxed: this thread has just claimed the slot and nobody else moves its word while it is
+  // kClaimed; only the generation is read.
   *generation = WordGeneration(slot.word.load(std::memory_order_relaxed));
   slot.cb.aio_fildes = req.fd;
   slot.cb.aio_lio_opcode = IoOpcode(req.op);
@@ -192,6 +199,8 @@ uint32_t State::Prepare(const Request& req, uint32_t flags, uint64_t done, uint3
   }
   slot.flags |= flags;
   Record& rec = records_.Ensure(index);
+  // relaxed: published to scans by the release store of `state` below, and to the request's
+  // completer by the slot's release hand-off (Launch), as the plain fields after them.
   rec.fd.store(req.fd, std::memory_order_relaxed);
   rec.op.store(req.op, std::memory_order_relaxed);
   rec.done.store(done, std::memory_order_relaxed);
@@ -213,6 +222,9 @@ void State::Launch(uint32_t index) {
   // Many threads submit through this sink: a read-modify-write. Counted before the enqueue, as the
   // engine requires. The POSIX service is never shut down, so the refuse-after-counting handshake
   // Requester::Submit does with Engine::accepting() is not needed here.
+  // seq_cst: the order every producer's count has (engine.h, accepting() vs Shutdown), kept though
+  // that handshake is not run here. What this sink needs is only that the count comes before the
+  // enqueue (a release), so every `delivered` add follows its request's `accepted` add.
   sink_.accepted.fetch_add(1, std::memory_order_seq_cst);
   if (engine_.slots().at(index).flags & core::kSlotForcePool) {
     // A buffered write the kernel would refuse, or the rest of a short result: the pool's work
@@ -235,6 +247,8 @@ bool State::MayContinue(const Record& rec, Op op, uint64_t done, int64_t result)
     // uncached page; pipes and sockets return what they have, which is already right.
     struct stat st;
     int saved = errno;
+    // relaxed: the completer's own request: Prepare stored fd before the slot's release hand-off,
+    // which the engine acquired before Deliver (atomic only for the scans).
     bool regular = fstat(rec.fd.load(std::memory_order_relaxed), &st) == 0 &&
                    (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
     errno = saved;
@@ -245,6 +259,7 @@ bool State::MayContinue(const Record& rec, Op op, uint64_t done, int64_t result)
 
 bool State::Continue(uint32_t index, uint64_t word, Record& rec, uint64_t done) {
   Request req;
+  // relaxed: the completer's own request, ordered by the slot's hand-off (see MayContinue).
   req.cb = rec.cb.load(std::memory_order_relaxed);
   req.op = rec.op.load(std::memory_order_relaxed);
   req.fd = rec.fd.load(std::memory_order_relaxed);
@@ -260,11 +275,18 @@ bool State::Continue(uint32_t index, uint64_t word, Record& rec, uint64_t done) 
   // The rest runs in the blocking pool: the kernel already declined to finish it without blocking.
   uint32_t next = Prepare(req, core::kSlotForcePool, done, root, root_generation, &generation);
   if (next == kNoSlot) return false;  // no slot: the caller gets the partial result
+  // relaxed: a statistic.
   counters_.continued.fetch_add(1, std::memory_order_relaxed);
   if (is_root) {
     // Kept (not final, not freed) until the chain ends, so a scan that starts now still sees it.
+    // acq_rel, for its release half: the next link's Record and ticket (Prepare, above) come first,
+    // so a canceller that acquires kChainRoot and reloads the ticket finds the next link. The
+    // acquire half orders nothing here.
     rec.state.fetch_or(kChainRoot, std::memory_order_acq_rel);
   } else {
+    // acq_rel, for its release half: this link is done but the request goes on in the next one,
+    // whose Record and ticket Prepare stored first, so a canceller that acquires kFinal here and
+    // reloads the ticket finds the next link. (Scans keep the request through its root.)
     rec.state.fetch_or(kFinal, std::memory_order_acq_rel);
     FreeSlot(index, word);
   }
@@ -274,24 +296,35 @@ bool State::Continue(uint32_t index, uint64_t word, Record& rec, uint64_t done) 
 
 void State::OnDeliver(uint32_t index) {
   core::Slot& slot = engine_.slots().at(index);
-  // acquire: the engine's move into kCompleted published the result.
+  // acquire, though here it pairs with no other thread: Deliver runs on the thread whose CAS
+  // (Engine::Complete) moved the slot into kCompleted after storing the result, and nobody else
+  // moves the completed slot before kDelivered is set below, so this reads that thread's own
+  // write. What the request's earlier hops did reached this thread through the engine's acquires.
   uint64_t word = slot.word.load(std::memory_order_acquire);
+  // relaxed: stored by this thread before its CAS into kCompleted; atomic only for the engine's
+  // readers of stale tickets.
   int64_t result = slot.result.load(std::memory_order_relaxed);
   Record& rec = records_.at(index);
+  // acq_rel: acquire, so a canceller that won (kCancelWon, and kCancelDone once it is finished) is
+  // seen with all it did to the record and the aiocb before this thread frees the slot; release, so a
+  // canceller that finds kDelivered in its fetch_or of kCancelDone frees the slot only after this
+  // thread's reads of it above.
   uint64_t prev = rec.state.fetch_or(kDelivered, std::memory_order_acq_rel);
   if (prev & kCancelWon) {
     // aio_cancel published ECANCELED; the slot is freed by whichever of us finishes last.
     if (prev & kCancelDone) FreeSlot(index, word);
     return;
   }
+  // relaxed: this link's own fields, stored by Prepare before the slot's release hand-off.
   Op op = rec.op.load(std::memory_order_relaxed);
   uint64_t done = rec.done.load(std::memory_order_relaxed);
   if (op == Op::kWrite && options_.service.fallback_threads > 0 &&
       (slot.flags & (core::kSlotForcePool | core::kSlotForceKernel | core::kSlotNowait | core::kSlotStream)) == 0) {
     // Offered to the kernel with RWF_NOWAIT (the engine does for every write it may send to the
-    // pool) and refused: the engine cleared kSlotNowait and ran it in the pool. (Not a stream
-    // lane's write, which never saw the kernel: taken for refused, the next writes to the pipe went
-    // straight to the lane from this thread and overtook one still in the submitter's queue.)
+    // pool) and refused: the engine cleared kSlotNowait and ran it in the pool. (Never a stream
+    // lane's write, which never saw the kernel: taken for refused, it would send the next writes to
+    // the pipe straight to the lane from this thread, ahead of one still in the submitter's queue.)
+    // fd: relaxed, as op above.
     write_refusals_.Refused(rec.fd.load(std::memory_order_relaxed));
   }
   // A stream lane's write is short only where write(2) would be (O_NONBLOCK, an error after some
@@ -306,6 +339,7 @@ void State::OnDeliver(uint32_t index) {
   } else if (done > 0) {
     final_result = static_cast<int64_t>(done);  // as write(2): what was written before the error
   }
+  // relaxed: as op above, and the plain fields after it are ordered the same way.
   struct aiocb* cb = rec.cb.load(std::memory_order_relaxed);
   Notification n = rec.notification;
   LioGroup* group = rec.group;
@@ -314,6 +348,10 @@ void State::OnDeliver(uint32_t index) {
   ClaimNotifyThread(&n, &final_result);
   if (n.signal_fails) final_result = -EINVAL;  // glibc's answer (see Notification::signal_fails)
   Publish(cb, final_result);  // from here on the aiocb is the program's again
+  // kFinal, acq_rel for its release half: Publish came first, so a thread that acquires kFinal
+  // (State::Done for the orderer, the scans, a canceller's WaitSettled) finds the result in the aiocb
+  // and the request's work done; the acquire half orders nothing here. The root's kFinal ends the
+  // chain it kept alive for scans (see Continue).
   if (root != kNoRoot) {
     records_.at(root).state.fetch_or(kFinal, std::memory_order_acq_rel);
     FreeSlot(root, core::PackWord(root_generation, SlotState::kCompleted));
@@ -348,6 +386,8 @@ void State::AfterCompletion(const Notification& n, LioGroup* group) {
 }
 
 void State::ReleaseGroup(LioGroup* group) {
+  // acq_rel: a reference count. Release, so each holder's use of the group comes before the delete;
+  // acquire, so the last one, which reads `notification` and deletes the group, sees all of them.
   if (group->pending.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   Notification list = group->notification;
   delete group;
@@ -363,6 +403,7 @@ void State::Notify(const Notification& n) {
       SendSignal(n);
       break;
     case SIGEV_THREAD:
+      // relaxed: a statistic.
       counters_.threads.fetch_add(1, std::memory_order_relaxed);
       notifier_.Post(n);
       break;
@@ -386,6 +427,7 @@ void State::SendSignal(const Notification& n) {
     syscall(SYS_rt_sigqueueinfo, pid_, n.signo, &info);
   }
   errno = saved;
+  // relaxed: a statistic.
   counters_.signals.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -395,6 +437,9 @@ std::vector<Dep> State::ScanWrites(int fd) const {
   for (uint32_t index = 0; index < count; ++index) {
     const Record* rec = records_.TryAt(index);
     if (rec == nullptr) continue;
+    // acquire: pairs with Prepare's release store of `state`, so op and fd (relaxed, below) are this
+    // generation's or a later one's; a later one's means this generation is done, and then the dep
+    // (or its absence) is right either way.
     uint64_t state = rec->state.load(std::memory_order_acquire);
     if (state == 0 || (state & kFinal)) continue;
     if (rec->op.load(std::memory_order_relaxed) != Op::kWrite) continue;
@@ -408,6 +453,11 @@ std::vector<Dep> State::ScanWrites(int fd) const {
 bool State::Done(const Dep& dep) const {
   const Record* rec = records_.TryAt(dep.index);
   if (rec == nullptr) return true;
+  // acquire: pairs with the release of kFinal (after Publish and the request's work), or of a later
+  // generation's Prepare (after this one's slot was freed), so what the orderer releases after this
+  // returns true comes after the request. The orderer's thread loads it after announcing itself on
+  // the completion word, and a completer sets kFinal before WakeWaiters' add: see WakeWaiters for why
+  // an acquire here is enough.
   uint64_t state = rec->state.load(std::memory_order_acquire);
   return static_cast<uint32_t>(state >> kStateShift) != dep.generation || (state & kFinal) != 0;
 }
@@ -415,6 +465,7 @@ bool State::Done(const Dep& dep) const {
 PosixStats State::Stats() const {
   PosixStats s;
   s.started = true;
+  // relaxed: statistics; each counter is exact on its own, the set is no snapshot.
   s.submitted = counters_.submitted.load(std::memory_order_relaxed);
   s.ordered = counters_.ordered.load(std::memory_order_relaxed);
   s.continued = counters_.continued.load(std::memory_order_relaxed);

@@ -135,6 +135,7 @@ class State {
 
   // Publishes a result nobody else will deliver (cancelled or failed before reaching the engine).
   void Finish(struct aiocb* cb, int64_t result, const Notification& n, LioGroup* group);
+  // relaxed: a statistic (Stats), through which nothing is published.
   void CountCancelled() { counters_.cancelled.fetch_add(1, std::memory_order_relaxed); }
   // Drops one count of a lio_listio group; the last one sends the list's notification.
   void ReleaseGroup(LioGroup* group);
@@ -154,10 +155,13 @@ class State {
    public:
     explicit Sink(State& state) : state_(state) {}
     void Deliver(uint32_t index) override {
-      // First: here `delivered` only tells SubmitNow whether another request is still running (this
-      // engine is never shut down, so nothing waits on the count for a result). Counted after the
-      // result was published, a program that saw it and submitted at once found its finished request
-      // still running and was handed to the submitter instead of going inline.
+      // Counted before OnDeliver publishes the result: here `delivered` only tells SubmitNow whether
+      // another request is still running (this engine is never shut down, so nothing waits on the
+      // count for a result), and a program that sees the result and submits at once must find this
+      // request finished, or its next request goes to the submitter instead of inline.
+      // seq_cst: the completer's side of the engine's Shutdown handshake (engine.h: Complete loads
+      // stopping_ after this add), kept though this engine is never shut down. What SubmitNow needs
+      // is only that the add comes before Publish's release, which the program's acquire pairs with.
       delivered.fetch_add(1, std::memory_order_seq_cst);
       state_.OnDeliver(index);
     }

@@ -32,14 +32,27 @@ long Futex(uint32_t* address, int op, uint32_t value, const struct timespec* tim
 }
 
 void WakeWaiters() {
+  // seq_cst, as every access to the word: the completer's half of the pair with PrepareToWait (the
+  // result is published before this add; a waiter announces itself before it checks). Either the
+  // announcement comes first in the word's order, and this add finds the sleepers bit (or a word
+  // changed since, which fails the sleep), or it comes after: every write of the word being a
+  // read-modify-write, it then reads from this add's release sequence, and the check sees what this
+  // thread did before the add. That case needs only release and acquire, so a check that is only an
+  // acquire (State::Done, of a kFinal set before this add) is covered too.
   uint32_t old = __atomic_fetch_add(&g_completion_word, 2, __ATOMIC_SEQ_CST);
   if (old & 1) {
+    // seq_cst, as every access to the word. Cleared before the wake, so a waiter that re-arms after
+    // it sets the bit again for the next completer; the change fails any sleep prepared before it.
     __atomic_fetch_and(&g_completion_word, ~uint32_t{1}, __ATOMIC_SEQ_CST);
     Futex(&g_completion_word, FUTEX_WAKE_PRIVATE, INT_MAX, nullptr);
   }
 }
 
 uint32_t PrepareToWait() {
+  // seq_cst: the waiter's half of the pair with WakeWaiters. This load (when another waiter set the
+  // bit already) or the CAS below is the announcement, before the caller checks its condition. The
+  // CAS's failure order is seq_cst too: a failure that finds the bit set returns with that load as
+  // the announcement.
   uint32_t word = __atomic_load_n(&g_completion_word, __ATOMIC_SEQ_CST);
   while ((word & 1) == 0) {
     if (__atomic_compare_exchange_n(&g_completion_word, &word, word | 1, false, __ATOMIC_SEQ_CST,

@@ -22,6 +22,8 @@ namespace kaio::posix {
 // number may name another file by then). A wrong guess costs only speed, never correctness.
 class WriteRefusals {
  public:
+  // relaxed, every access: a hint that publishes nothing; a count lost or doubled by a race costs
+  // only speed (see above).
   bool SkipKernel(int fd) {
     std::atomic<uint8_t>& left = left_[static_cast<unsigned>(fd) & (kSize - 1)];
     uint8_t n = left.load(std::memory_order_relaxed);

@@ -77,15 +77,8 @@ absl::StatusOr<Ticket> Client::Submit(int fd, short opcode, void* buf, uint64_t 
         absl::StrCat("kaio: ", engine_.options().max_requests,
                      " requests are alive (ServiceOptions::max_requests); consume completions or raise it"));
   }
-  core::Slot& slot = engine_.slots().at(index);
-  slot.cb.aio_fildes = fd;
-  slot.cb.aio_lio_opcode = opcode;
-  slot.cb.u.c.buf = buf;
-  slot.cb.u.c.nbytes = nbytes;
-  slot.cb.u.c.offset = offset;
-  uint32_t generation = WordGeneration(slot.word.load(std::memory_order_relaxed));
   const uint64_t serial = NextSerial();
-  slot.serial.store(serial, std::memory_order_relaxed);  // published with the request (Enqueue's release)
+  const uint32_t generation = engine_.Describe(index, fd, opcode, buf, nbytes, offset, serial);
   // Count the request before the final check of accepting() (see Engine::accepting): a submit
   // racing Service::Shutdown() is either refused here or waited for by Shutdown. Single writer (this
   // thread): a load and a store, no read-modify-write.

@@ -149,6 +149,19 @@ uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
   return index;
 }
 
+uint32_t Engine::Describe(uint32_t index, int fd, short opcode, void* buf, uint64_t nbytes, int64_t offset,
+                          uint64_t serial) {
+  core::Slot& slot = slots_.at(index);
+  slot.cb.aio_fildes = fd;
+  slot.cb.aio_lio_opcode = opcode;
+  slot.cb.u.c.buf = buf;
+  slot.cb.u.c.nbytes = nbytes;
+  slot.cb.u.c.offset = offset;
+  slot.serial.store(serial, std::memory_order_relaxed);  // published with the request (Enqueue's release)
+  // relaxed: the claimer owns the slot; the word is its own since Claim.
+  return WordGeneration(slot.word.load(std::memory_order_relaxed));
+}
+
 void Engine::Unclaim(uint32_t index) {
   // relaxed: a claimed slot is ours alone, so the word is the one Claim stored; Free's CAS checks it.
   slots_.Free(index, slots_.at(index).word.load(std::memory_order_relaxed));

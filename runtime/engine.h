@@ -128,6 +128,11 @@ class Engine {
   // Claims a slot for `sink`, in state kClaimed, with its iocb zeroed and routed to the reaper's
   // eventfd. Returns SlotTable::kNoSlot when max_requests are alive.
   uint32_t Claim(core::CompletionSink& sink, uint64_t tag);
+  // Describes the request in a claimed slot (the only place a client's request becomes an iocb):
+  // its fd, opcode (IO_CMD_*), buffer (an iovec array for the vectored ones, nbytes then being the
+  // count), offset and the client's serial for its ticket. Returns the slot's generation.
+  uint32_t Describe(uint32_t index, int fd, short opcode, void* buf, uint64_t nbytes, int64_t offset,
+                    uint64_t serial);
   // Gives a claimed slot back unsubmitted.
   void Unclaim(uint32_t index);
   // Queues a claimed, filled slot for submission. The caller counted it in sink.accepted already.
@@ -180,13 +185,12 @@ class Engine {
   // syscall, so it is done only where order could be lost: when a read or write finds another of
   // its fd in flight (or on an fd beyond the table). A lone one goes the usual way ("outside"),
   // and if the kernel then says it would block (a stream), MoveToLane puts it at the head of its
-  // lane; a lane's head waits until its fd has nothing outside in its direction. What was learned
-  // of the fd holds while any of its requests is in flight, and is forgotten when the last one
-  // completes (before its delivery, after which the program may reuse the number).
+  // lane; a lane's head waits until its fd has nothing outside in its direction. Nothing learned of
+  // an fd is remembered past the batch that looked (a cancelled request keeps its fd's count while
+  // the program, told it is cancelled, may already reuse the number).
   struct FdOrderState {
     std::atomic<uint32_t> busy{0};        // reads and writes of the fd in flight, lanes included
     std::atomic<uint32_t> outside[2]{};   // of those, on the usual paths: reads, writes
-    std::atomic<uint8_t> kind{0};         // StreamLanes::Kind learned in this busy period
     std::atomic<bool> lane_waits{false};  // a lane waits for an `outside` count to reach 0
   };
   struct KindCache {  // one look per fd in a batch, for fds beyond the table

@@ -101,17 +101,8 @@ void Engine::Uncount(int fd, short op, uint32_t flags) {
   if (fd < 0 || fd >= kFdKinds || !(flags & core::kSlotCounted)) return;
   FdOrderState& state = fd_order_[fd];
   if (flags & core::kSlotOutside) LeaveOutside(fd, op);
-  // relaxed: the first guess of the CAS loop below, which checks it.
-  uint32_t busy = state.busy.load(std::memory_order_relaxed);
-  while (true) {
-    // The last of a busy period resets `kind`, before it lets go: once its completion is delivered
-    // the program may close the number and reuse it for another kind of file. (Nothing reads `kind`
-    // since DispatchOrder looks at the fd once per batch: this reset is the field's only use.)
-    if (busy == 1) state.kind.store(static_cast<uint8_t>(StreamLanes::Kind::kUnknown), std::memory_order_relaxed);
-    // seq_cst (a release for the store above): see DispatchOrder. Relaxed on failure: the reloaded
-    // count is only the next guess.
-    if (state.busy.compare_exchange_weak(busy, busy - 1, std::memory_order_seq_cst, std::memory_order_relaxed)) break;
-  }
+  // seq_cst: see DispatchOrder (only the count is needed: nothing of the fd is remembered past a batch).
+  state.busy.fetch_sub(1, std::memory_order_seq_cst);
 }
 
 bool Engine::MoveToLane(uint32_t index, uint64_t word) {
