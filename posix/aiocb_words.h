@@ -62,9 +62,9 @@ inline void StoreTicket(struct aiocb* cb, uint64_t ticket) {
 // Word 1: the owner: kOwnerMagic | pid.
 constexpr uint64_t kOwnerMagic = uint64_t{0x6b61696f} << 32;  // "kaio"
 constexpr uint64_t kOwnerPidMask = 0xffffffff;
-// acquire: pairs with the owner's release store in MarkInProgress / MarkFailed, which comes after the
-// error code and the ticket it vouches for, so a thread that loads the owner this call stored reads
-// those (or a later result), not what the aiocb held before it was submitted here.
+// acquire: pairs with the owner's release store in MarkInProgress / MarkFailed, which comes after
+// the error code and the ticket it vouches for, so a thread that loads the owner this call stored
+// reads those (or a later result), not what the aiocb held before it was submitted here.
 inline uint64_t LoadOwner(const struct aiocb* cb) { return __atomic_load_n(MetaWord(cb, 1), __ATOMIC_ACQUIRE); }
 
 // The pid CurrentPid answers, cached (posix/aiocb_words.cc): 0 until first needed; set again at
@@ -73,8 +73,8 @@ extern std::atomic<int> g_pid;
 
 inline int CurrentPid() {
   // relaxed: a cache of getpid() that publishes nothing. Every store in a process writes that
-  // process's pid (a fork child's AtforkChild, while the child has one thread), so a load returns the
-  // right pid, or 0 and then getpid() answers.
+  // process's pid (a fork child's AtforkChild, while the child has one thread), so a load returns
+  // the right pid, or 0 and then getpid() answers.
   int pid = g_pid.load(std::memory_order_relaxed);
   if (pid == 0) {
     pid = static_cast<int>(getpid());
@@ -104,9 +104,9 @@ inline bool InProgress(const struct aiocb* cb) {
 }
 
 inline void MarkInProgress(struct aiocb* cb) {
-  // relaxed: the submitting thread alone writes the aiocb here. These stores reach the completer (so
-  // its Publish follows them in each field's modification order) through the slot's release hand-off
-  // or the orderer's mutex, and reach other readers through the owner word's release below.
+  // relaxed: the submitting thread alone writes the aiocb here. These stores reach the completer
+  // (so its Publish follows them in each field's modification order) through the slot's release
+  // hand-off or the orderer's mutex, and other readers through the owner's release below.
   __atomic_store_n(&cb->__return_value, 0, __ATOMIC_RELAXED);
   __atomic_store_n(&cb->__error_code, EINPROGRESS, __ATOMIC_RELAXED);
   StoreTicket(cb, 0);
@@ -119,15 +119,15 @@ inline void Publish(struct aiocb* cb, int64_t result) {
   // relaxed: released by the error code's seq_cst store below, which readers acquire.
   __atomic_store_n(&cb->__return_value, result < 0 ? -1 : static_cast<ssize_t>(result), __ATOMIC_RELAXED);
   // seq_cst: releases the return value (and the buffer) to LoadError's acquire, and is the
-  // completer's first half of the pair with a waiter (this store, then WakeWaiters' seq_cst add; the
-  // waiter announces itself, then InProgress loads this seq_cst).
+  // completer's first half of the pair with a waiter (this store, then WakeWaiters' seq_cst add;
+  // the waiter announces itself, then InProgress loads this seq_cst).
   __atomic_store_n(&cb->__error_code, result < 0 ? static_cast<int>(-result) : 0, __ATOMIC_SEQ_CST);
 }
 
 // A submission refused on the spot: the aiocb reports the error too (as glibc's does).
 inline void MarkFailed(struct aiocb* cb, int error) {
-  // relaxed, then the owner's release: as in MarkInProgress. The submitting thread reads the refusal
-  // itself (the call's return value); another thread that loads the owner reads it through its acquire.
+  // relaxed, then the owner's release: as in MarkInProgress. The submitting thread learns the
+  // refusal from its call's return value; another thread reads it through LoadOwner's acquire.
   __atomic_store_n(&cb->__return_value, -1, __ATOMIC_RELAXED);
   __atomic_store_n(&cb->__error_code, error, __ATOMIC_RELAXED);
   StoreTicket(cb, 0);

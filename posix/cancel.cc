@@ -24,9 +24,9 @@ State::Settle State::WaitSettled(const Record& rec, uint32_t generation, const s
   // The slot reached kCompleted, so its Deliver is running now on the thread that completed it (or a
   // canceller that won is publishing): this wait is a few hundred instructions at most.
   for (int spins = 0;; ++spins) {
-    // acquire: pairs with the release of kFinal or kChainRoot (after Publish, or after the next link's
-    // ticket) or of a later generation's Prepare (after this one's slot was freed): on kSettled the
-    // caller's LoadError finds the result; on kMoved a reload of the ticket finds the next link.
+    // acquire: pairs with the release of kFinal or kChainRoot (after Publish, or after the next
+    // link's ticket) or of a later generation's Prepare (after this one's slot was freed): on
+    // kSettled the caller's LoadError finds the result, on kMoved a ticket reload the next link.
     uint64_t state = rec.state.load(std::memory_order_acquire);
     if (static_cast<uint32_t>(state >> kStateShift) != generation || (state & kFinal)) return Settle::kSettled;
     if (state & kChainRoot) return Settle::kMoved;
@@ -56,10 +56,10 @@ CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct a
     case CancelResult::kCanceled:
       break;
   }
-  // acq_rel on success, for its acquire half: the CAS reads Prepare's release store (this generation,
-  // no bit set), so the fields read below are this request's. Its release half orders nothing Deliver
-  // needs (kCancelDone's does, below). acquire on failure is more than needed: the value is unused and
-  // WaitSettled loads the state again.
+  // acq_rel on success, for its acquire half: the CAS reads Prepare's release store (this
+  // generation, no bit set), so the fields read below are this request's. Its release half orders
+  // nothing Deliver needs (kCancelDone's does, below). acquire on failure is more than needed: the
+  // value is unused and WaitSettled loads the state again.
   uint64_t expected = uint64_t{generation} << kStateShift;
   if (rec->state.compare_exchange_strong(expected, expected | kCancelWon, std::memory_order_acq_rel,
                                          std::memory_order_acquire)) {
@@ -73,11 +73,11 @@ CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct a
     ClaimNotifyThread(&n, &result);
     if (n.signal_fails) result = -EINVAL;  // glibc's answer (see Notification::signal_fails)
     Publish(target, result);
-    // kFinal, acq_rel for its release half: after Publish, so a thread that acquires kFinal (Done, the
-    // scans, another canceller) finds ECANCELED in the aiocb. kCancelDone, acq_rel for both halves: if
-    // Deliver came first (kDelivered in prev), its release lets this thread free the slot after Deliver's
-    // reads of it; if Deliver comes later, its acquire of this release lets it free the slot after
-    // everything this thread did to the record.
+    // kFinal, acq_rel for its release half: after Publish, so a thread that acquires kFinal (Done,
+    // the scans, another canceller) finds ECANCELED in the aiocb. kCancelDone, acq_rel for both
+    // halves: if Deliver came first (kDelivered in prev), its release lets this thread free the
+    // slot after Deliver's reads of it; if Deliver comes later, its acquire of this release lets it
+    // free the slot after everything this thread did to the record.
     rec->state.fetch_or(kFinal, std::memory_order_acq_rel);
     uint64_t prev = rec->state.fetch_or(kCancelDone, std::memory_order_acq_rel);
     if (prev & kDelivered) FreeSlot(index, core::PackWord(generation, SlotState::kCompleted));

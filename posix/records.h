@@ -118,11 +118,11 @@ class Records {
     if (Record* r = TryAt(index)) return *r;
     std::lock_guard<std::mutex> lock(mu_);
     uint32_t chunk = index >> kChunkBits;
-    // relaxed: under mu_, which every store of a chunk pointer holds, so the mutex orders this load.
+    // relaxed: under mu_, which every store of a chunk pointer holds: the mutex orders this load.
     Record* records = chunks_[chunk].load(std::memory_order_relaxed);
     if (records == nullptr) {
       records = new Record[kChunkSize];
-      // release: pairs with TryAt's acquire, so a thread that finds the chunk finds its Records constructed.
+      // release: pairs with TryAt's acquire: a thread that finds the chunk finds its Records built.
       chunks_[chunk].store(records, std::memory_order_release);
     }
     return records[index & (kChunkSize - 1)];

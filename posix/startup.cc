@@ -81,8 +81,8 @@ void PrintStatsAtExit() {
 
 State* StartSlow(int* error) {
   std::lock_guard<std::mutex> lock(g_init_mu);
-  // relaxed: under g_init_mu, which every store of g_state holds (here and AtforkChild), so the mutex
-  // orders this load after them.
+  // relaxed: under g_init_mu, which every store of g_state holds (here and AtforkChild), so the
+  // mutex orders this load after them.
   if (State* s = g_state.load(std::memory_order_relaxed)) return s;
   if (g_config_failed) {
     *error = EINVAL;

@@ -154,8 +154,8 @@ int State::SubmitNow(const Request& req, SubmitRoute route, bool* flush) {
   // virtio) that the submitter pays once per chunk, and holds up the burst that may follow
   // (docs/posix.md: O_DIRECT reads at iodepth 64 measured 0.92-0.94x of hand-off-only).
   // relaxed: a hint; a wrong answer only picks the other route, and both submit the request. It is
-  // fresh where it matters: a program that saw its last result (acquiring Publish's store) sees that
-  // request's `delivered` add, which Sink::Deliver makes before OnDeliver publishes.
+  // fresh where it matters: a program that saw its last result (acquiring Publish's store) sees
+  // that request's `delivered` add, which Sink::Deliver makes before OnDeliver publishes.
   const bool go_inline =
       route == SubmitRoute::kList ||
       (route == SubmitRoute::kSingle && TakeLatencyBound() &&
@@ -306,8 +306,8 @@ void State::OnDeliver(uint32_t index) {
   int64_t result = slot.result.load(std::memory_order_relaxed);
   Record& rec = records_.at(index);
   // acq_rel: acquire, so a canceller that won (kCancelWon, and kCancelDone once it is finished) is
-  // seen with all it did to the record and the aiocb before this thread frees the slot; release, so a
-  // canceller that finds kDelivered in its fetch_or of kCancelDone frees the slot only after this
+  // seen with all it did to the record and the aiocb before this thread frees the slot; release, so
+  // a canceller that finds kDelivered in its fetch_or of kCancelDone frees the slot only after this
   // thread's reads of it above.
   uint64_t prev = rec.state.fetch_or(kDelivered, std::memory_order_acq_rel);
   if (prev & kCancelWon) {
@@ -349,9 +349,9 @@ void State::OnDeliver(uint32_t index) {
   if (n.signal_fails) final_result = -EINVAL;  // glibc's answer (see Notification::signal_fails)
   Publish(cb, final_result);  // from here on the aiocb is the program's again
   // kFinal, acq_rel for its release half: Publish came first, so a thread that acquires kFinal
-  // (State::Done for the orderer, the scans, a canceller's WaitSettled) finds the result in the aiocb
-  // and the request's work done; the acquire half orders nothing here. The root's kFinal ends the
-  // chain it kept alive for scans (see Continue).
+  // (State::Done for the orderer, the scans, a canceller's WaitSettled) finds the result in the
+  // aiocb and the request's work done; the acquire half orders nothing here. The root's kFinal ends
+  // the chain it kept alive for scans (see Continue).
   if (root != kNoRoot) {
     records_.at(root).state.fetch_or(kFinal, std::memory_order_acq_rel);
     FreeSlot(root, core::PackWord(root_generation, SlotState::kCompleted));
@@ -437,9 +437,9 @@ std::vector<Dep> State::ScanWrites(int fd) const {
   for (uint32_t index = 0; index < count; ++index) {
     const Record* rec = records_.TryAt(index);
     if (rec == nullptr) continue;
-    // acquire: pairs with Prepare's release store of `state`, so op and fd (relaxed, below) are this
-    // generation's or a later one's; a later one's means this generation is done, and then the dep
-    // (or its absence) is right either way.
+    // acquire: pairs with Prepare's release store of `state`, so op and fd (relaxed, below) are
+    // this generation's or a later one's; a later one's means this generation is done, and then the
+    // dep (or its absence) is right either way.
     uint64_t state = rec->state.load(std::memory_order_acquire);
     if (state == 0 || (state & kFinal)) continue;
     if (rec->op.load(std::memory_order_relaxed) != Op::kWrite) continue;
@@ -456,8 +456,8 @@ bool State::Done(const Dep& dep) const {
   // acquire: pairs with the release of kFinal (after Publish and the request's work), or of a later
   // generation's Prepare (after this one's slot was freed), so what the orderer releases after this
   // returns true comes after the request. The orderer's thread loads it after announcing itself on
-  // the completion word, and a completer sets kFinal before WakeWaiters' add: see WakeWaiters for why
-  // an acquire here is enough.
+  // the completion word, and a completer sets kFinal before WakeWaiters' add: see WakeWaiters for
+  // why an acquire here is enough.
   uint64_t state = rec->state.load(std::memory_order_acquire);
   return static_cast<uint32_t>(state >> kStateShift) != dep.generation || (state & kFinal) != 0;
 }

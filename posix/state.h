@@ -155,13 +155,13 @@ class State {
    public:
     explicit Sink(State& state) : state_(state) {}
     void Deliver(uint32_t index) override {
-      // Counted before OnDeliver publishes the result: here `delivered` only tells SubmitNow whether
-      // another request is still running (this engine is never shut down, so nothing waits on the
-      // count for a result), and a program that sees the result and submits at once must find this
-      // request finished, or its next request goes to the submitter instead of inline.
+      // Counted before OnDeliver publishes the result: here `delivered` only tells SubmitNow
+      // whether another request is still running (this engine is never shut down, so nothing waits
+      // on the count for a result), and a program that sees the result and submits at once must
+      // find this request finished, or its next request goes to the submitter instead of inline.
       // seq_cst: the completer's side of the engine's Shutdown handshake (engine.h: Complete loads
-      // stopping_ after this add), kept though this engine is never shut down. What SubmitNow needs
-      // is only that the add comes before Publish's release, which the program's acquire pairs with.
+      // stopping_ after this add), kept though this engine is never shut down. SubmitNow needs only
+      // that the add comes before Publish's release, which the program's acquire pairs with.
       delivered.fetch_add(1, std::memory_order_seq_cst);
       state_.OnDeliver(index);
     }
