@@ -238,8 +238,8 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       submit_meta_[kernel_count] = Submitted{index, WordGeneration(word), slot.cb.aio_fildes,
                                              IsReadOrWrite(slot.cb.aio_lio_opcode)};
     }
-    if (core::PlantedBug(core::PlantedBugKind::kMisdirectedWrite) &&
-        (slot.cb.aio_lio_opcode == IO_CMD_PWRITE || slot.cb.aio_lio_opcode == IO_CMD_PWRITEV)) {
+    if ((slot.cb.aio_lio_opcode == IO_CMD_PWRITE || slot.cb.aio_lio_opcode == IO_CMD_PWRITEV) &&
+        core::PlantedBug(core::PlantedBugKind::kMisdirectedWrite)) {
       slot.cb.u.c.offset ^= 4096;
     }
     cbs[kernel_count++] = &slot.cb;

@@ -20,7 +20,7 @@ checks=(
   "double_completion|already-answered request|more completions delivered than requests accepted"
   "lost_completion|no completion within|WATCHDOG"
   "leaked_slot|leaked in state|slots leaked"
-  "misdirected_write|returned bad data|lost write|final pass"
+  "misdirected_write|returned bad data|stale or foreign version|lost write|final pass"
 )
 failed=0
 for check in "${checks[@]}"; do
