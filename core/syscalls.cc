@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -73,6 +74,11 @@ int Syscalls::EventFdRead(int fd, uint64_t* value) {
 int Syscalls::EventFdWrite(int fd, uint64_t value) {
   ssize_t n = write(fd, &value, sizeof(value));
   return n < 0 ? -errno : static_cast<int>(n);
+}
+
+int64_t Syscalls::Preadv2(int fd, const struct iovec* iov, int iovcnt, int64_t offset, int flags) {
+  ssize_t n = preadv2(fd, iov, iovcnt, offset, flags);
+  return n < 0 ? -errno : static_cast<int64_t>(n);
 }
 
 Syscalls& Syscalls::Real() {

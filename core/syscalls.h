@@ -1,5 +1,6 @@
-// The thin seam between kaio and the kernel: every io_* call and eventfd access goes through Syscalls,
-// so tests can inject faults (EAGAIN from io_submit, EINTR from io_getevents, a failing io_setup...).
+// The thin seam between kaio and the kernel: every io_* call, eventfd access and read done in place
+// of one (Preadv2) goes through Syscalls, so tests can inject faults (EAGAIN from io_submit, EINTR
+// from io_getevents, a failing io_setup...).
 //
 // Error model: every method returns a non-negative count or -errno; none of them touches errno.
 // Threading: the real implementation is stateless and thread-safe; a fault-injecting subclass must be too.
@@ -7,6 +8,7 @@
 #define KAIO_CORE_SYSCALLS_H_
 
 #include <libaio.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include <cstdint>
@@ -28,6 +30,8 @@ class Syscalls {
   // eventfd counter access; returns 8 on success or -errno.
   virtual int EventFdRead(int fd, uint64_t* value);
   virtual int EventFdWrite(int fd, uint64_t value);
+  // preadv2(2); returns the bytes read or -errno.
+  virtual int64_t Preadv2(int fd, const struct iovec* iov, int iovcnt, int64_t offset, int flags);
 
   // The process-wide real implementation.
   static Syscalls& Real();

@@ -140,7 +140,9 @@ uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
   slot.cb.data = reinterpret_cast<void*>(static_cast<uintptr_t>(index));
   io_set_eventfd(&slot.cb, kernel_efd_.get());
   slot.flags = 0;
-  slot.partial = 0;
+  // relaxed, through atomic_ref: a Cancel holding a stale ticket may read it at any time (and
+  // finds the generation changed); every write of `partial` is atomic for that reason.
+  std::atomic_ref<uint64_t>(slot.partial).store(0, std::memory_order_relaxed);
   slot.tag = tag;
   // relaxed, both: published with the iocb by the release that publishes the request (core::Publish).
   slot.result.store(0, std::memory_order_relaxed);
@@ -445,6 +447,7 @@ ServiceStats Engine::Stats() const {
   s.queue_block_allocations = QueueTraits::allocations.load(std::memory_order_relaxed);
   s.inline_submitted = counters_.inline_submitted.load(std::memory_order_relaxed);
   s.inline_reaped = counters_.inline_reaped.load(std::memory_order_relaxed);
+  s.read_now = counters_.read_now.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -22,6 +22,7 @@
 
 #include "core/kernel_errors.h"
 #include "core/planted_bug.h"
+#include "core/request.h"
 #include "runtime/engine_internal.h"
 #include "runtime/stream_lanes.h"
 
@@ -111,6 +112,60 @@ void Engine::SubmitInline(ProducerToken& token) {
   }
   ReleaseRole(submit_role_);
   if (handed_over) WakeSubmitterOnce();
+}
+
+bool Engine::ReadNow(uint32_t index, uint64_t& word) {
+  core::Slot& slot = slots_.at(index);
+  const short op = slot.cb.aio_lio_opcode;
+  if (op != IO_CMD_PREAD && op != IO_CMD_PREADV) return false;
+  const int fd = slot.cb.aio_fildes;
+  if (FdKindOf(fd) != kFdCompletesInline) return false;
+  // kPoolRunning, as a worker's: a canceller is told "not cancelled" for the microsecond it runs.
+  // (If cancelled already, the caller's own Move fails the same way and completes it.)
+  if (!core::Move(slot, word, SlotState::kPoolRunning)) return false;
+  struct iovec one = {slot.cb.u.c.buf, static_cast<size_t>(slot.cb.u.c.nbytes)};
+  const bool vectored = op == IO_CMD_PREADV;
+  const int64_t start = MonotonicNs();
+  const int64_t result =
+      sys_.Preadv2(fd, vectored ? static_cast<const struct iovec*>(slot.cb.u.c.buf) : &one,
+                   vectored ? static_cast<int>(slot.cb.u.c.nbytes) : 1, slot.cb.u.c.offset, RWF_NOWAIT);
+  // An O_DIRECT read waits for the device here, RWF_NOWAIT or not. The fd's kind says its requests
+  // completed inside io_submit, which an O_DIRECT one never does, but the program may have put an
+  // O_DIRECT file on the number since. Looking (F_GETFL) before every read cost 12% of page-cache
+  // reads at iodepth 1; a read that took long is looked at after, and an O_DIRECT fd is then
+  // async for good: one read per reuse of a number may wait for the device, no more.
+  if (MonotonicNs() - start > kReadNowSlowNs) {
+    const int fl = fcntl(fd, F_GETFL);
+    // relaxed: a hint, as every fd_kind_ access.
+    if (fl >= 0 && (fl & O_DIRECT)) fd_kind_[fd].store(kFdAsync, std::memory_order_relaxed);
+  }
+  if (result >= 0 && static_cast<uint64_t>(result) == RequestBytes(slot.cb)) {
+    // relaxed: a statistic.
+    counters_.read_now.fetch_add(1, std::memory_order_relaxed);
+    Complete(index, SlotState::kPoolRunning, result);
+    return true;
+  }
+  if (result == -EAGAIN || result == -EOPNOTSUPP) {
+    // Not (all) in the page cache, or a file that cannot say: the pool reads it, as after the
+    // kernel's refusal of the same RWF_NOWAIT read (RouteKernelResult).
+    // relaxed: a statistic.
+    counters_.nowait_retries.fetch_add(1, std::memory_order_relaxed);
+    slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
+    slot.flags &= ~core::kSlotNowait;
+    core::Publish(slot, word, SlotState::kPoolQueued);
+    PoolPush(index);
+    return true;
+  }
+  if (result == -ESPIPE) {
+    // A stream (its reads complete inside io_submit too): not tried here again. relaxed: a hint,
+    // as every fd_kind_ access; the CAS leaves a kFdAsync stored meanwhile as it is.
+    uint8_t inline_kind = kFdCompletesInline;
+    fd_kind_[fd].compare_exchange_strong(inline_kind, kFdInlineNoPread, std::memory_order_relaxed);
+  }
+  // A short read (end of file, or the cached prefix of the range) or an error: the usual way gives
+  // the answer it always gave (reading the range again: the bytes read here are the file's).
+  core::Publish(slot, word, SlotState::kQueued);
+  return false;
 }
 
 void Engine::ReapInline() {

@@ -200,7 +200,10 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
     // blocking call would have done it all, so the pool finishes the rest (a stream's lane, if it
     // is one: it skips `partial` bytes of plain and vectored requests alike). A vectored request
     // keeps the caller's iovec array untouched; the worker skips the first `partial` bytes of it.
-    slot.partial += static_cast<uint64_t>(result);
+    // relaxed, through atomic_ref: a Cancel may read it meanwhile (see Claim); the release that
+    // hands the request on publishes it.
+    std::atomic_ref<uint64_t>(slot.partial).store(slot.partial + static_cast<uint64_t>(result),
+                                                  std::memory_order_relaxed);
     slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
     slot.flags &= ~core::kSlotNowait;
     if (MoveToLane(index, word)) return;

@@ -156,7 +156,7 @@ ABSL_FLAG(bool, shutdown_under_load, false, "end with Service::Shutdown() while 
 ABSL_FLAG(int, faults, 0, "inject each enabled fault with probability N/1000 per call (0 to 1000)");
 ABSL_FLAG(std::string, fault_kinds, "all",
           "a,b,...: which faults: all, or of submit_eagain submit_partial submit_ebadf getevents_eintr "
-          "getevents_short eventfd_read setup_eagain");
+          "getevents_short eventfd_read setup_eagain read_now_eagain");
 ABSL_FLAG(std::string, dir, "", "where the data files go (default $TEST_TMPDIR or /tmp)");
 ABSL_FLAG(int64_t, wait_timeout_ms, 30000, "a wait for a completion longer than this is a failure");
 ABSL_FLAG(int64_t, watchdog_ms, 60000, "exit 3 after this long without progress");
@@ -252,6 +252,7 @@ bool ParseFaultKinds(const std::string& text, int per_mille, testing::RandomFaul
     if (all || kind == "getevents_short") rates->getevents_short = per_mille, known = true;
     if (all || kind == "eventfd_read") rates->eventfd_read_eio = per_mille, known = true;
     if (all || kind == "setup_eagain") rates->setup_eagain = per_mille, known = true;
+    if (all || kind == "read_now_eagain") rates->read_now_eagain = per_mille, known = true;
     if (!known && !kind.empty()) {
       *error = "unknown fault kind '" + kind + "'";
       return false;

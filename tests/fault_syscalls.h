@@ -65,6 +65,7 @@ struct RandomFaultRates {
   int getevents_short = 0;    // io_getevents returns fewer events than are ready
   int eventfd_read_eio = 0;   // an eventfd read fails with -EIO
   int setup_eagain = 0;       // io_setup returns -EAGAIN (fs.aio-max-nr exhausted)
+  int read_now_eagain = 0;    // a lone inline read's preadv2 returns -EAGAIN (as for an uncached page)
 };
 
 class FaultSyscalls : public core::Syscalls {
@@ -82,6 +83,8 @@ class FaultSyscalls : public core::Syscalls {
   std::atomic<int> setup_error_count{0};
   std::atomic<int> submit_calls{0};
   std::atomic<int> getevents_calls{0};
+  std::atomic<int> preadv2_calls{0};
+  std::atomic<int> preadv2_eagain_count{0};  // next N preadv2 calls return -EAGAIN
   // io_submit treats every iocb on this fd the way the kernel treats a bad fd: the iocbs before it in
   // the batch are submitted and counted, and when it is first the call fails with -fail_fd_errno.
   std::atomic<int> fail_fd{-1};
@@ -91,11 +94,11 @@ class FaultSyscalls : public core::Syscalls {
   struct Injected {
     std::atomic<uint64_t> submit_eagain{0}, submit_eintr{0}, submit_partial{0}, submit_request_errors{0};
     std::atomic<uint64_t> getevents_eintr{0}, getevents_short{0}, getevents_errors{0};
-    std::atomic<uint64_t> eventfd_read{0}, setup{0};
+    std::atomic<uint64_t> eventfd_read{0}, setup{0}, read_now_eagain{0};
     uint64_t Total() const {
       return submit_eagain.load() + submit_eintr.load() + submit_partial.load() + submit_request_errors.load() +
              getevents_eintr.load() + getevents_short.load() + getevents_errors.load() + eventfd_read.load() +
-             setup.load();
+             setup.load() + read_now_eagain.load();
     }
   } injected;
 
@@ -107,7 +110,7 @@ class FaultSyscalls : public core::Syscalls {
     rates_ = rates;
     random_on_.store(rates.submit_eagain > 0 || rates.submit_partial > 0 || rates.submit_ebadf > 0 ||
                          rates.getevents_eintr > 0 || rates.getevents_short > 0 || rates.eventfd_read_eio > 0 ||
-                         rates.setup_eagain > 0,
+                         rates.setup_eagain > 0 || rates.read_now_eagain > 0,
                      std::memory_order_release);
   }
 
@@ -221,6 +224,14 @@ class FaultSyscalls : public core::Syscalls {
     int got = core::Syscalls::IoGetEvents(ctx, min_nr, nr, events, timeout);
     if (got > 0) kernel_edge_.load(std::memory_order_acquire);  // see IoSubmit
     return got;
+  }
+  int64_t Preadv2(int fd, const struct iovec* iov, int iovcnt, int64_t offset, int flags) override {
+    preadv2_calls.fetch_add(1);
+    if (Take(preadv2_eagain_count) || Roll(&RandomFaultRates::read_now_eagain)) {
+      injected.read_now_eagain.fetch_add(1);
+      return -EAGAIN;
+    }
+    return core::Syscalls::Preadv2(fd, iov, iovcnt, offset, flags);
   }
   int EventFdRead(int fd, uint64_t* value) override {
     if (Take(eventfd_read_error_count) || Roll(&RandomFaultRates::eventfd_read_eio)) {

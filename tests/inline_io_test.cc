@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -280,6 +281,135 @@ TEST(InlineIo, AReusedFdNumberThatTurnedAsyncIsStillReaped) {
   // The same fd number now names the O_DIRECT file (as after close() and open()).
   ASSERT_EQ(dup3(direct.fd(), fd, O_CLOEXEC), fd);
   for (int r = 0; r < 3; ++r) round(r * 16);
+  close(fd);
+}
+
+// Counts the preadv2 calls made on one thread (the test's): the reads ReadNow did in place of io_submit.
+class ThreadCountingReads : public ThreadCountingSyscalls {
+ public:
+  int64_t Preadv2(int fd, const struct iovec* iov, int iovcnt, int64_t offset, int flags) override {
+    if (std::this_thread::get_id() == watched_.load()) watched_reads_.fetch_add(1);
+    return ThreadCountingSyscalls::Preadv2(fd, iov, iovcnt, offset, flags);
+  }
+  void WatchReads(std::thread::id id) {
+    Watch(id);
+    watched_.store(id);
+  }
+  int watched_reads() const { return watched_reads_.load(); }
+
+ private:
+  std::atomic<std::thread::id> watched_{};
+  std::atomic<int> watched_reads_{0};
+};
+
+// One read at a time (iodepth 1): submitted, waited for, checked. Returns its result.
+int64_t ReadOne(Requester& requester, int fd, AlignedBuffer& buf, size_t length, int64_t offset) {
+  auto t = requester.Read(fd, buf.data(), length, offset);
+  EXPECT_TRUE(t.ok()) << t.status();
+  if (!t.ok()) return INT64_MIN;
+  Completion c;
+  EXPECT_EQ(requester.Wait(absl::MakeSpan(&c, 1), 1, kDeadline), 1u) << "a read was lost";
+  return c.result;
+}
+
+// An inline requester and a cached file whose reads kaio has seen finish inside io_submit (rounds
+// of 16 through the kernel), so that a lone read of it is tried with preadv2.
+class LoneReads : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    service_ = NewService(sys_);
+    ASSERT_NE(service_, nullptr);
+    requester_ = NewInlineRequester(*service_);
+    ASSERT_NO_FATAL_FAILURE(CacheInPageCache(file_, 64 * kBlock));
+    std::vector<AlignedBuffer> bufs = BlockBuffers(16);
+    for (int r = 0; r < 500 && service_->Stats().inline_reaped == 0; ++r) {
+      ASSERT_NO_FATAL_FAILURE(ReadBlocks(*requester_, file_, bufs, 0, 16));
+    }
+    ASSERT_GT(service_->Stats().inline_reaped, 0u) << "never reaped inline: the test proves nothing";
+  }
+  int64_t Read(int64_t offset) { return ReadOne(*requester_, file_.fd(), buf_, kBlock, offset); }
+  uint8_t At(size_t i) { return buf_.data()[i]; }
+
+  ThreadCountingReads sys_;
+  std::unique_ptr<Service> service_;
+  std::unique_ptr<Requester> requester_;
+  TempFile file_{64 * kBlock};
+  AlignedBuffer buf_{kBlock};
+};
+
+TEST_F(LoneReads, APageCacheHitIsOnePreadOnTheCallersThread) {
+  sys_.WatchReads(std::this_thread::get_id());
+  const int submits_before = sys_.watched_calls();
+  const ServiceStats before = service_->Stats();
+  constexpr int kReads = 200;
+  for (int i = 0; i < kReads; ++i) {
+    const int block = (i * 7) % 64;
+    ASSERT_EQ(Read(block * kBlock), static_cast<int64_t>(kBlock));
+    ASSERT_EQ(At(123), TempFile::PatternByte(block * kBlock + 123));
+  }
+  const ServiceStats after = service_->Stats();
+  // The submitter thread may take a read now and then (it is awake for a moment after a wake-up);
+  // every other one is a preadv2 here, and no io_submit.
+  EXPECT_GE(after.read_now - before.read_now, static_cast<uint64_t>(kReads * 9 / 10));
+  EXPECT_GE(sys_.watched_reads(), kReads * 9 / 10);
+  EXPECT_LE(sys_.watched_calls() - submits_before, kReads / 10) << "io_submit calls for lone page-cache reads";
+  EXPECT_EQ(after.requests_failed, 0u);
+}
+
+TEST_F(LoneReads, AnUncachedPageGoesToThePoolWithItsData) {
+  const ServiceStats before = service_->Stats();
+  // preadv2(RWF_NOWAIT) says EAGAIN for a page not in the cache; injected, so the page's state is
+  // no matter of chance (posix_fadvise may keep pages a writer still holds).
+  sys_.preadv2_eagain_count.store(1000);
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_EQ(Read((i + 3) * kBlock), static_cast<int64_t>(kBlock));
+    ASSERT_EQ(At(7), TempFile::PatternByte((i + 3) * kBlock + 7));
+  }
+  sys_.preadv2_eagain_count.store(0);
+  const ServiceStats after = service_->Stats();
+  EXPECT_GT(sys_.injected.read_now_eagain.load(), 0u) << "no read was tried with preadv2: the test proves nothing";
+  EXPECT_GE(after.pool_requests - before.pool_requests, sys_.injected.read_now_eagain.load());
+  EXPECT_EQ(after.read_now, before.read_now);
+}
+
+TEST_F(LoneReads, AReadAcrossTheEndOfTheFileGetsTheShortAnswer) {
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_EQ(Read(64 * kBlock - 100), 100);
+    ASSERT_EQ(At(99), TempFile::PatternByte(64 * kBlock - 1));
+    ASSERT_EQ(Read(64 * kBlock), 0);
+  }
+}
+
+// A number that named a buffered file names an O_DIRECT one now (close, then open): a preadv2 of it
+// waits for the device, so after the first (which is noticed: it took long) its reads go to the kernel.
+TEST(InlineIo, ANumberReusedForAnODirectFileIsReadOnTheCallersThreadAtMostOnce) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
+  auto service = NewService();
+  ASSERT_NE(service, nullptr);
+  auto requester = NewInlineRequester(*service);
+  TempFile cached(64 * kBlock);
+  TempFile direct(64 * kBlock, O_DIRECT);
+  ASSERT_NO_FATAL_FAILURE(CacheInPageCache(cached, 64 * kBlock));
+  const int fd = fcntl(cached.fd(), F_DUPFD_CLOEXEC, 100);
+  ASSERT_GE(fd, 0);
+  AlignedBuffer buf(kBlock);
+  for (int i = 0; i < 500 && service->Stats().read_now == 0; ++i) {
+    std::vector<AlignedBuffer> bufs = BlockBuffers(16);
+    for (int j = 0; j < 16; ++j) ASSERT_TRUE(requester->Read(fd, bufs[j].data(), kBlock, j * kBlock, j).ok());
+    std::vector<Completion> done(16);
+    ASSERT_EQ(requester->Wait(absl::MakeSpan(done), 16, kDeadline), 16u);
+    ASSERT_EQ(ReadOne(*requester, fd, buf, kBlock, 5 * kBlock), static_cast<int64_t>(kBlock));
+  }
+  ASSERT_GT(service->Stats().read_now, 0u) << "no lone read was done by preadv2: the test proves nothing";
+  ASSERT_EQ(dup3(direct.fd(), fd, O_CLOEXEC), fd);
+  const uint64_t before = service->Stats().read_now;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_EQ(ReadOne(*requester, fd, buf, kBlock, (i + 1) * kBlock), static_cast<int64_t>(kBlock));
+    ASSERT_EQ(buf.data()[42], TempFile::PatternByte((i + 1) * kBlock + 42));
+  }
+  // The first read may be a preadv2 (it waits for the device: 20 us or more on any disk here); then
+  // F_GETFL says O_DIRECT and the fd is async for good.
+  EXPECT_LE(service->Stats().read_now - before, 1u);
   close(fd);
 }
 

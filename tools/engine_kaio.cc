@@ -162,6 +162,7 @@ class KaioEngine : public Engine {
         {"pool_threads", static_cast<double>(total_.pool_threads)},
         {"inline_submitted", d(&kaio::ServiceStats::inline_submitted)},
         {"inline_reaped", d(&kaio::ServiceStats::inline_reaped)},
+        {"read_now", d(&kaio::ServiceStats::read_now)},
     };
   }
 
