@@ -40,6 +40,7 @@ bool Engine::EnqueueDeferred(ProducerToken& token, uint32_t index) {
     Enqueue(token, index);
     return false;
   }
+  if (WriteGoesStraightToPool(index)) return false;
   // The same add as Enqueue: a submitter on its way to sleep sees it and drains again. Only the
   // wake-up is left to the caller's SubmitInline.
   bool submitter_sleeps = false;
@@ -120,6 +121,10 @@ bool Engine::ReadNow(uint32_t index, uint64_t& word) {
   if (op != IO_CMD_PREAD && op != IO_CMD_PREADV) return false;
   const int fd = slot.cb.aio_fildes;
   if (FdKindOf(fd) != kFdCompletesInline) return false;
+  // Not an empty read: preadv2 of no bytes says 0 without looking at the file, where pread and
+  // kernel AIO say EISDIR for a directory (the differential test's finding).
+  const uint64_t wanted = RequestBytes(slot.cb);
+  if (wanted == 0) return false;
   // kPoolRunning, as a worker's: a canceller is told "not cancelled" for the microsecond it runs.
   // (If cancelled already, the caller's own Move fails the same way and completes it.)
   if (!core::Move(slot, word, SlotState::kPoolRunning)) return false;
@@ -139,7 +144,7 @@ bool Engine::ReadNow(uint32_t index, uint64_t& word) {
     // relaxed: a hint, as every fd_kind_ access.
     if (fl >= 0 && (fl & O_DIRECT)) fd_kind_[fd].store(kFdAsync, std::memory_order_relaxed);
   }
-  if (result >= 0 && static_cast<uint64_t>(result) == RequestBytes(slot.cb)) {
+  if (result >= 0 && static_cast<uint64_t>(result) == wanted) {
     // relaxed: a statistic.
     counters_.read_now.fetch_add(1, std::memory_order_relaxed);
     Complete(index, SlotState::kPoolRunning, result);

@@ -380,6 +380,17 @@ TEST_F(LoneReads, AReadAcrossTheEndOfTheFileGetsTheShortAnswer) {
   }
 }
 
+// An empty read of a directory is EISDIR (pread's and kernel AIO's answer), though preadv2 of no
+// bytes would say 0 without looking at the file: the differential test against glibc found it.
+TEST_F(LoneReads, AnEmptyReadOfADirectoryOnTheSameNumberIsEisdir) {
+  const int dir = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(dir, 0);
+  ASSERT_EQ(dup3(dir, file_.fd(), O_CLOEXEC), file_.fd());  // as after close() and open()
+  close(dir);
+  EXPECT_EQ(ReadOne(*requester_, file_.fd(), buf_, 0, 0), -EISDIR);
+  EXPECT_EQ(ReadOne(*requester_, file_.fd(), buf_, kBlock, 0), -EISDIR);
+}
+
 // A number that named a buffered file names an O_DIRECT one now (close, then open): a preadv2 of it
 // waits for the device, so after the first (which is noticed: it took long) its reads go to the kernel.
 TEST(InlineIo, ANumberReusedForAnODirectFileIsReadOnTheCallersThreadAtMostOnce) {
