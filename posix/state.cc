@@ -112,9 +112,6 @@ int State::SubmitAiocb(struct aiocb* cb, Op op, LioGroup* group, SubmitRoute rou
     int flags = fcntl(req.fd, F_GETFL);
     errno = saved;
     ordered = flags >= 0 && (flags & O_APPEND) != 0;
-    if (flags >= 0 && (flags & O_DIRECT) == 0 && write_refusals_.SkipKernel(req.fd)) {
-      req.slot_flags |= core::kSlotForcePool;
-    }
   }
   MarkInProgress(cb);
   // relaxed: the caller holds the group's own count until the whole list is queued.
@@ -318,15 +315,6 @@ void State::OnDeliver(uint32_t index) {
   // relaxed: this link's own fields, stored by Prepare before the slot's release hand-off.
   Op op = rec.op.load(std::memory_order_relaxed);
   uint64_t done = rec.done.load(std::memory_order_relaxed);
-  if (op == Op::kWrite && options_.service.fallback_threads > 0 &&
-      (slot.flags & (core::kSlotForcePool | core::kSlotForceKernel | core::kSlotNowait | core::kSlotStream)) == 0) {
-    // Offered to the kernel with RWF_NOWAIT (the engine does for every write it may send to the
-    // pool) and refused: the engine cleared kSlotNowait and ran it in the pool. (Never a stream
-    // lane's write, which never saw the kernel: taken for refused, it would send the next writes to
-    // the pipe straight to the lane from this thread, ahead of one still in the submitter's queue.)
-    // fd: relaxed, as op above.
-    write_refusals_.Refused(rec.fd.load(std::memory_order_relaxed));
-  }
   // A stream lane's write is short only where write(2) would be (O_NONBLOCK, an error after some
   // bytes): its rest sent as a new request would land behind the lane's later writes.
   if (result > 0 && (slot.flags & core::kSlotStream) == 0 && MayContinue(rec, op, done, result) &&

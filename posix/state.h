@@ -57,7 +57,6 @@
 #include "kaio/service.h"
 #include "posix/notifier.h"
 #include "posix/records.h"
-#include "posix/write_refusals.h"
 #include "runtime/engine.h"
 
 namespace kaio::posix {
@@ -191,7 +190,6 @@ class State {
   Sink sink_;
   Notifier notifier_;
   std::unique_ptr<Orderer> orderer_;
-  WriteRefusals write_refusals_;
   // For threads whose own token is gone (ThreadToken::retired): rare, so one token under a mutex.
   std::mutex retired_mu_;
   std::unique_ptr<runtime::Engine::ProducerToken> retired_token_;

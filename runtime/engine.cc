@@ -185,7 +185,19 @@ bool Engine::QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submit
   return true;
 }
 
+bool Engine::WriteGoesStraightToPool(uint32_t index) {
+  const core::Slot& slot = slots_.at(index);
+  const short op = slot.cb.aio_lio_opcode;
+  if ((op != IO_CMD_PWRITE && op != IO_CMD_PWRITEV) || options_.fallback_threads == 0 ||
+      (slot.flags & core::kSlotForceKernel) || !write_refusals_.SkipKernel(slot.cb.aio_fildes)) {
+    return false;
+  }
+  EnqueueToPool(index);
+  return true;
+}
+
 void Engine::Enqueue(ProducerToken& token, uint32_t index) {
+  if (WriteGoesStraightToPool(index)) return;
   bool submitter_sleeps = false;
   if (QueueAndAnnounce(token, index, &submitter_sleeps) && submitter_sleeps) WakeSubmitterOnce();
 }

@@ -90,6 +90,7 @@
 #include "core/slot.h"
 #include "core/syscalls.h"
 #include "runtime/stream_lanes.h"
+#include "runtime/write_refusals.h"
 #include "kaio/types.h"
 
 namespace kaio::runtime {
@@ -212,6 +213,10 @@ class Engine {
   // `from` (another thread got there first).
   bool Complete(uint32_t index, core::SlotState from, int64_t result);
 
+  // A write to an fd whose buffered RWF_NOWAIT writes the kernel refuses (write_refusals_): sent to
+  // the pool at once (EnqueueToPool), skipping the io_submit that would only be refused. True if so.
+  bool WriteGoesStraightToPool(uint32_t index);
+
   // Moves a filled slot to kQueued, queues it and adds to work_seq_; false if the queue could not
   // take it (then it completed with ENOMEM). *submitter_sleeps: the add saw the sleep bit.
   bool QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submitter_sleeps);
@@ -323,6 +328,7 @@ class Engine {
   static constexpr int kFdKinds = 65536;  // fds beyond always get the eventfd flag
   std::unique_ptr<std::atomic<uint8_t>[]> fd_kind_;
   std::unique_ptr<FdOrderState[]> fd_order_;  // kFdKinds entries
+  WriteRefusals write_refusals_;
   alignas(64) std::atomic<int64_t> unsignalled_{0};  // requests in the kernel without the flag
   std::atomic<bool> reaper_watching_{false};         // the reaper is in WatchUnsignalled
   std::atomic<bool> reaping_{false};   // the reaper may be inside io_getevents

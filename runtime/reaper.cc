@@ -175,6 +175,11 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
     counters_.nowait_retries.fetch_add(1, std::memory_order_relaxed);
     slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
     slot.flags &= ~core::kSlotNowait;
+    // A filesystem that cannot write without blocking (ext4's buffered writes) says so for every
+    // write: the next ones on this fd skip the kernel (see WriteRefusals).
+    if (result == -EOPNOTSUPP && (slot.cb.aio_lio_opcode == IO_CMD_PWRITE || slot.cb.aio_lio_opcode == IO_CMD_PWRITEV)) {
+      write_refusals_.Refused(slot.cb.aio_fildes);
+    }
     if (MoveToLane(index, word)) return;
     int fl = fcntl(slot.cb.aio_fildes, F_GETFL);
     if (result == -EAGAIN && fl >= 0 && (fl & O_DIRECT)) {

@@ -361,5 +361,44 @@ TEST(Fallback, StatsSplitKernelAndPoolWork) {
   }));
 }
 
+// A filesystem that refuses buffered RWF_NOWAIT writes (ext4, and tmpfs on this kernel): after the
+// first refusal, the fd's next writes go from the producer to the pool, with no io_submit each, through
+// kaio's threads and on an inline requester's own thread alike; and every byte lands.
+TEST(Fallback, WritesTheKernelRefusesGoStraightToThePool) {
+  for (const bool inline_io : {false, true}) {
+    SCOPED_TRACE(inline_io ? "inline_io" : "through kaio's threads");
+    auto service = NewService();
+    ASSERT_NE(service, nullptr);
+    RequesterOptions options;
+    options.inline_io = inline_io;
+    auto requester = NewRequester(*service, options);
+    ASSERT_NE(requester, nullptr);
+    constexpr int kBlocks = 16;
+    TempFile file(kBlocks * kBlock);
+    AlignedBuffer buf(kBlock);
+    auto write_block = [&](int i) {
+      std::memset(buf.data(), 0x40 + i, kBlock);
+      auto t = requester->Write(file.fd(), buf.data(), kBlock, i * kBlock);
+      ASSERT_TRUE(t.ok()) << t.status();
+      ASSERT_TRUE(requester->WaitAll({*t}, absl::Seconds(20)).ok());
+      ASSERT_EQ(requester->Return(*t), static_cast<int64_t>(kBlock));
+    };
+    ASSERT_NO_FATAL_FAILURE(write_block(0));
+    // The submitter counts its io_submit after the call returns, which can be after the delivery.
+    ASSERT_TRUE(testing::WaitUntil([&] { return service->Stats().io_submit_calls >= 1; }));
+    const ServiceStats after_first = service->Stats();
+    if (after_first.nowait_retries == 0) GTEST_SKIP() << "this filesystem takes buffered RWF_NOWAIT writes";
+    for (int i = 1; i < kBlocks; ++i) ASSERT_NO_FATAL_FAILURE(write_block(i));
+    const ServiceStats end = service->Stats();
+    EXPECT_EQ(end.io_submit_calls, after_first.io_submit_calls) << "a write the kernel refuses was offered to it again";
+    EXPECT_EQ(end.pool_requests - after_first.pool_requests, static_cast<uint64_t>(kBlocks - 1));
+    std::vector<uint8_t> data(kBlocks * kBlock);
+    ASSERT_EQ(pread(file.fd(), data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
+    for (int i = 0; i < kBlocks; ++i) {
+      ASSERT_EQ(data[i * kBlock + 17], 0x40 + i) << "block " << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace kaio

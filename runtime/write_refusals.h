@@ -1,18 +1,19 @@
-// posix/write_refusals.h: a hint, per descriptor number, that the kernel refuses this fd's buffered
+// WriteRefusals: a hint, per descriptor number, that the kernel refuses this fd's buffered
 // RWF_NOWAIT writes, so the next ones go straight to the engine's blocking pool.
 //
 // Threading: any thread, without a lock. Memory ordering: none needed; every access is relaxed and
 // the count may be lost or doubled under races: a wrong guess costs only speed, never correctness.
 //
-// Relies on: nothing (State consults it at submission and feeds it at completion).
-#ifndef KAIO_POSIX_WRITE_REFUSALS_H_
-#define KAIO_POSIX_WRITE_REFUSALS_H_
+// Relies on: nothing (the engine consults it when a write is queued, and feeds it when the kernel
+// refuses one: RouteKernelResult).
+#ifndef KAIO_RUNTIME_WRITE_REFUSALS_H_
+#define KAIO_RUNTIME_WRITE_REFUSALS_H_
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 
-namespace kaio::posix {
+namespace kaio::runtime {
 
 // The engine first offers every read and write to the kernel with RWF_NOWAIT and sends refusals to
 // its blocking pool. Some filesystems (ext4 among them) refuse every buffered write that way, so each
@@ -38,6 +39,6 @@ class WriteRefusals {
   std::atomic<uint8_t> left_[kSize] = {};
 };
 
-}  // namespace kaio::posix
+}  // namespace kaio::runtime
 
-#endif  // KAIO_POSIX_WRITE_REFUSALS_H_
+#endif  // KAIO_RUNTIME_WRITE_REFUSALS_H_
