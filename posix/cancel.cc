@@ -19,40 +19,32 @@ namespace kaio::posix {
 
 using core::SlotState;
 
-State::Settle State::WaitSettled(const Record& rec, uint32_t generation, const struct aiocb* cb,
-                                 uint64_t ticket) const {
+void State::WaitSettled(const Record& rec, uint32_t generation) const {
   // The slot reached kCompleted, so its Deliver is running now on the thread that completed it (or a
   // canceller that won is publishing): this wait is a few hundred instructions at most.
   for (int spins = 0;; ++spins) {
-    // acquire: pairs with the release of kFinal or kChainRoot (after Publish, or after the next
-    // link's ticket) or of a later generation's Prepare (after this one's slot was freed): on
-    // kSettled the caller's LoadError finds the result, on kMoved a ticket reload the next link.
+    // acquire: pairs with the release of kFinal (after Publish) or of a later generation's Prepare
+    // (after this one's slot was freed): on kSettled the caller's LoadError finds the result.
     uint64_t state = rec.state.load(std::memory_order_acquire);
-    if (static_cast<uint32_t>(state >> kStateShift) != generation || (state & kFinal)) return Settle::kSettled;
-    if (state & kChainRoot) return Settle::kMoved;
-    if (cb != nullptr && LoadTicket(cb) != ticket) return Settle::kMoved;
+    if (static_cast<uint32_t>(state >> kStateShift) != generation || (state & kFinal)) return;
     if (spins > 100) sched_yield();
   }
 }
 
-CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct aiocb* cb, uint64_t ticket) {
+CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct aiocb* cb) {
   Record* rec = records_.TryAt(index);
   if (rec == nullptr) return CancelOutcome::kAllDone;
-  // acquire: pairs with Prepare's release store of `state`, so `done` (loaded relaxed below) is at
-  // least this generation's.
+  // acquire: pairs with Prepare's release store of `state` (this generation's, or a later one's).
   uint64_t state = rec->state.load(std::memory_order_acquire);
   if (static_cast<uint32_t>(state >> kStateShift) != generation || (state & kFinal)) return CancelOutcome::kRetry;
-  // A continuation finishes a request that has already moved data: it cannot be undone.
-  if ((state & kChainRoot) || rec->done.load(std::memory_order_relaxed) > 0) return CancelOutcome::kNotCanceled;
   absl::StatusOr<CancelResult> engine_result = engine_.Cancel(index, generation);
   if (!engine_result.ok()) return CancelOutcome::kRetry;  // stale, or still being launched
   switch (*engine_result) {
     case CancelResult::kNotCanceled:
       return CancelOutcome::kNotCanceled;
     case CancelResult::kAllDone:
-      return WaitSettled(*rec, generation, cb, ticket) == Settle::kMoved && cb == nullptr
-                 ? CancelOutcome::kNotCanceled
-                 : CancelOutcome::kRetry;
+      WaitSettled(*rec, generation);
+      return CancelOutcome::kRetry;
     case CancelResult::kCanceled:
       break;
   }
@@ -86,9 +78,8 @@ CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct a
     return CancelOutcome::kCanceled;
   }
   // Deliver (or another canceller) got there first; it publishes ECANCELED momentarily.
-  Settle settle = WaitSettled(*rec, generation, cb, ticket);
-  if (cb == nullptr) return settle == Settle::kMoved ? CancelOutcome::kNotCanceled : CancelOutcome::kCanceled;
-  if (settle == Settle::kMoved) return CancelOutcome::kRetry;
+  WaitSettled(*rec, generation);
+  if (cb == nullptr) return CancelOutcome::kCanceled;
   // A cancelled request reports ECANCELED, or EINVAL when its signal number is bad (glibc's answer,
   // see Notification::signal_fails; the record may be another request's by now, so not read).
   const int error = LoadError(cb);
@@ -104,7 +95,7 @@ int State::CancelAiocb(struct aiocb* cb) {
       continue;  // released meanwhile: its ticket is a slot's now
     }
     if (ticket != 0) {
-      switch (CancelRequest(core::TicketIndex(ticket), core::TicketGeneration(ticket), cb, ticket)) {
+      switch (CancelRequest(core::TicketIndex(ticket), core::TicketGeneration(ticket), cb)) {
         case CancelOutcome::kCanceled:
           return AIO_CANCELED;
         case CancelOutcome::kNotCanceled:
@@ -131,7 +122,7 @@ int State::CancelFd(int fd) {
     uint64_t state = rec->state.load(std::memory_order_acquire);
     if (state == 0 || (state & kFinal)) continue;
     if (rec->fd.load(std::memory_order_relaxed) != fd) continue;
-    switch (CancelRequest(index, static_cast<uint32_t>(state >> kStateShift), nullptr, 0)) {
+    switch (CancelRequest(index, static_cast<uint32_t>(state >> kStateShift), nullptr)) {
       case CancelOutcome::kCanceled:
         any_cancelled = true;
         break;

@@ -90,7 +90,7 @@ void Orderer::ReleaseReady(Lane& lane, std::vector<uint32_t>* launch, std::vecto
       if (!state_.Done(dep)) return;
     }
     uint32_t generation = 0;
-    uint32_t index = state_.Prepare(head.req, head.req.slot_flags, 0, kNoRoot, 0, &generation);
+    uint32_t index = state_.Prepare(head.req, &generation);
     if (index == kNoSlot) {
       failed->push_back(head.req);
     } else {

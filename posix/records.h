@@ -50,7 +50,6 @@ struct LioGroup {
 struct Request {
   struct aiocb* cb = nullptr;
   Op op = Op::kNone;
-  uint32_t slot_flags = 0;  // core::SlotFlags for the engine
   int fd = -1;
   char* buf = nullptr;
   uint64_t nbytes = 0;
@@ -65,27 +64,19 @@ enum RecordBits : uint64_t {
   kCancelWon = 1,    // aio_cancel publishes ECANCELED; Deliver must not touch the aiocb
   kDelivered = 2,    // the engine delivered the slot
   kCancelDone = 4,   // the winning canceller is finished with the record
-  kFinal = 8,        // the aiocb holds its final result (or, for a link of a chain, the root does)
-  kChainRoot = 16,   // a continuation runs the rest; this slot is kept until the chain ends
+  kFinal = 8,        // the aiocb holds its final result
 };
-constexpr uint32_t kNoRoot = UINT32_MAX;
 
 struct alignas(64) Record {
   std::atomic<uint64_t> state{0};
   // Read by scans (aio_cancel(fd, NULL), aio_fsync) of slots that may be reused under them: atomic.
   std::atomic<int> fd{-1};
   std::atomic<Op> op{Op::kNone};
-  std::atomic<uint64_t> done{0};  // bytes moved by earlier links of a continued request
   std::atomic<struct aiocb*> cb{nullptr};
   // Plain: written before the slot is queued; read by whoever finalizes (ordered by the engine's
   // slot transitions, or by the canceller's CAS on `state`).
   Notification notification;
   LioGroup* group = nullptr;
-  char* buf = nullptr;  // the whole request, not just this link
-  uint64_t nbytes = 0;
-  int64_t offset = 0;
-  uint32_t root = kNoRoot;  // the first link of a continued request
-  uint32_t root_generation = 0;
 };
 
 // Records parallel to the engine's slots, allocated in the same chunks, lazily.

@@ -61,13 +61,13 @@ void PrintStatsAtExit() {
   if (s == nullptr) return;
   PosixStats st = s->Stats();
   std::fprintf(stderr,
-               "kaio: pid %d: %llu POSIX AIO requests (%llu held back for ordering, %llu short results "
-               "continued, %llu cancelled, %llu signals, %llu SIGEV_THREAD callbacks); engine: %llu "
+               "kaio: pid %d: %llu POSIX AIO requests (%llu held back for ordering, "
+               "%llu cancelled, %llu signals, %llu SIGEV_THREAD callbacks); engine: %llu "
                "completed, %llu to the kernel in %llu io_submit calls (average batch %.1f), %llu in "
                "the blocking pool, %llu RWF_NOWAIT refusals; %llu submitted and %llu reaped on the "
                "callers' threads\n",
                static_cast<int>(getpid()), static_cast<unsigned long long>(st.submitted),
-               static_cast<unsigned long long>(st.ordered), static_cast<unsigned long long>(st.continued),
+               static_cast<unsigned long long>(st.ordered),
                static_cast<unsigned long long>(st.cancelled), static_cast<unsigned long long>(st.signals_sent),
                static_cast<unsigned long long>(st.threads_notified),
                static_cast<unsigned long long>(st.service.requests_completed),

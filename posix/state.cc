@@ -138,13 +138,8 @@ int State::SubmitAiocb(struct aiocb* cb, Op op, LioGroup* group, SubmitRoute rou
 }
 
 int State::SubmitNow(const Request& req, SubmitRoute route, bool* flush) {
-  uint32_t generation = 0;
-  uint32_t index = Prepare(req, req.slot_flags, 0, kNoRoot, 0, &generation);
+  uint32_t index = Prepare(req);
   if (index == kNoSlot) return EAGAIN;
-  if (req.slot_flags & core::kSlotForcePool) {  // bound for the pool: Launch hands it there directly
-    Launch(index);
-    return 0;
-  }
   // A lone request is submitted here only while none of the process's other requests is still
   // running. Behind a device queue the hand-off's few microseconds are lost in the queueing, while
   // a one-request io_submit on the calling thread costs it a device notification (a VM exit on
@@ -179,39 +174,26 @@ int State::SubmitNow(const Request& req, SubmitRoute route, bool* flush) {
   return 0;
 }
 
-uint32_t State::Prepare(const Request& req, uint32_t flags, uint64_t done, uint32_t root, uint32_t root_generation,
-                        uint32_t* generation) {
+uint32_t State::Prepare(const Request& req, uint32_t* generation_out) {
   uint32_t index = engine_.Claim(sink_, reinterpret_cast<uintptr_t>(req.cb));
   if (index == kNoSlot) return kNoSlot;
-  core::Slot& slot = engine_.slots().at(index);
-  // relaxed: this thread has just claimed the slot and nobody else moves its word while it is
-  // kClaimed; only the generation is read.
-  *generation = WordGeneration(slot.word.load(std::memory_order_relaxed));
-  slot.cb.aio_fildes = req.fd;
-  slot.cb.aio_lio_opcode = IoOpcode(req.op);
-  if (!IsSync(req.op)) {
-    slot.cb.u.c.buf = req.buf + done;
-    slot.cb.u.c.nbytes = req.nbytes - done;
-    slot.cb.u.c.offset = req.offset + static_cast<int64_t>(done);
-  }
-  slot.flags |= flags;
+  // The engine fills the iocb (the only place a request becomes one); offsets and lengths are the
+  // aiocb's as they are (aio_fsync reads neither).
+  const uint32_t generation =
+      engine_.Describe(index, req.fd, IoOpcode(req.op), IsSync(req.op) ? nullptr : req.buf,
+                       IsSync(req.op) ? 0 : req.nbytes, IsSync(req.op) ? 0 : req.offset, /*serial=*/0);
   Record& rec = records_.Ensure(index);
   // relaxed: published to scans by the release store of `state` below, and to the request's
   // completer by the slot's release hand-off (Launch), as the plain fields after them.
   rec.fd.store(req.fd, std::memory_order_relaxed);
   rec.op.store(req.op, std::memory_order_relaxed);
-  rec.done.store(done, std::memory_order_relaxed);
   rec.cb.store(req.cb, std::memory_order_relaxed);
   rec.notification = req.notification;
   rec.group = req.group;
-  rec.buf = req.buf;
-  rec.nbytes = req.nbytes;
-  rec.offset = req.offset;
-  rec.root = root;
-  rec.root_generation = root_generation;
   // release: a scanner or canceller that acquires the state sees the fields above.
-  rec.state.store(uint64_t{*generation} << kStateShift, std::memory_order_release);
-  StoreTicket(req.cb, core::PackTicket(*generation, index));
+  rec.state.store(uint64_t{generation} << kStateShift, std::memory_order_release);
+  StoreTicket(req.cb, core::PackTicket(generation, index));
+  if (generation_out != nullptr) *generation_out = generation;
   return index;
 }
 
@@ -223,72 +205,13 @@ void State::Launch(uint32_t index) {
   // that handshake is not run here. What this sink needs is only that the count comes before the
   // enqueue (a release), so every `delivered` add follows its request's `accepted` add.
   sink_.accepted.fetch_add(1, std::memory_order_seq_cst);
-  if (engine_.slots().at(index).flags & core::kSlotForcePool) {
-    // A buffered write the kernel would refuse, or the rest of a short result: the pool's work
-    // either way, so it skips the submitter's queue and wake-up.
-    engine_.EnqueueToPool(index);
-  } else if (runtime::Engine::ProducerToken* token = Token()) {
+  if (runtime::Engine::ProducerToken* token = Token()) {
     engine_.Enqueue(*token, index);
   } else {
     std::lock_guard<std::mutex> lock(retired_mu_);
     if (retired_token_ == nullptr) retired_token_ = engine_.NewProducerToken();
     engine_.Enqueue(*retired_token_, index);
   }
-}
-
-bool State::MayContinue(const Record& rec, Op op, uint64_t done, int64_t result) const {
-  if (static_cast<uint64_t>(result) >= rec.nbytes - done) return false;
-  if (op == Op::kWrite) return true;  // a blocking write(2) would have written it all
-  if (op == Op::kRead) {
-    // A regular file or block device read stops short only at end of file, or under RWF_NOWAIT at an
-    // uncached page; pipes and sockets return what they have, which is already right.
-    struct stat st;
-    int saved = errno;
-    // relaxed: the completer's own request: Prepare stored fd before the slot's release hand-off,
-    // which the engine acquired before Deliver (atomic only for the scans).
-    bool regular = fstat(rec.fd.load(std::memory_order_relaxed), &st) == 0 &&
-                   (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
-    errno = saved;
-    return regular;
-  }
-  return false;
-}
-
-bool State::Continue(uint32_t index, uint64_t word, Record& rec, uint64_t done) {
-  Request req;
-  // relaxed: the completer's own request, ordered by the slot's hand-off (see MayContinue).
-  req.cb = rec.cb.load(std::memory_order_relaxed);
-  req.op = rec.op.load(std::memory_order_relaxed);
-  req.fd = rec.fd.load(std::memory_order_relaxed);
-  req.buf = rec.buf;
-  req.nbytes = rec.nbytes;
-  req.offset = rec.offset;
-  req.notification = rec.notification;
-  req.group = rec.group;
-  bool is_root = rec.root == kNoRoot;
-  uint32_t root = is_root ? index : rec.root;
-  uint32_t root_generation = is_root ? WordGeneration(word) : rec.root_generation;
-  uint32_t generation = 0;
-  // The rest runs in the blocking pool: the kernel already declined to finish it without blocking.
-  uint32_t next = Prepare(req, core::kSlotForcePool, done, root, root_generation, &generation);
-  if (next == kNoSlot) return false;  // no slot: the caller gets the partial result
-  // relaxed: a statistic.
-  counters_.continued.fetch_add(1, std::memory_order_relaxed);
-  if (is_root) {
-    // Kept (not final, not freed) until the chain ends, so a scan that starts now still sees it.
-    // acq_rel, for its release half: the next link's Record and ticket (Prepare, above) come first,
-    // so a canceller that acquires kChainRoot and reloads the ticket finds the next link. The
-    // acquire half orders nothing here.
-    rec.state.fetch_or(kChainRoot, std::memory_order_acq_rel);
-  } else {
-    // acq_rel, for its release half: this link is done but the request goes on in the next one,
-    // whose Record and ticket Prepare stored first, so a canceller that acquires kFinal here and
-    // reloads the ticket finds the next link. (Scans keep the request through its root.)
-    rec.state.fetch_or(kFinal, std::memory_order_acq_rel);
-    FreeSlot(index, word);
-  }
-  Launch(next);
-  return true;
 }
 
 void State::OnDeliver(uint32_t index) {
@@ -312,38 +235,21 @@ void State::OnDeliver(uint32_t index) {
     if (prev & kCancelDone) FreeSlot(index, word);
     return;
   }
-  // relaxed: this link's own fields, stored by Prepare before the slot's release hand-off.
-  Op op = rec.op.load(std::memory_order_relaxed);
-  uint64_t done = rec.done.load(std::memory_order_relaxed);
-  // A stream lane's write is short only where write(2) would be (O_NONBLOCK, an error after some
-  // bytes): its rest sent as a new request would land behind the lane's later writes.
-  if (result > 0 && (slot.flags & core::kSlotStream) == 0 && MayContinue(rec, op, done, result) &&
-      Continue(index, word, rec, done + result)) {
-    return;
-  }
+  // The engine's result is the whole answer: a short RWF_NOWAIT read or write it finished in its
+  // pool (Slot::partial), so what is short here is short for a blocking call too (end of file,
+  // a full disk), as glibc's one pread or pwrite per request.
   int64_t final_result = result;
-  if (result >= 0) {
-    final_result = static_cast<int64_t>(done) + result;
-  } else if (done > 0) {
-    final_result = static_cast<int64_t>(done);  // as write(2): what was written before the error
-  }
-  // relaxed: as op above, and the plain fields after it are ordered the same way.
+  // relaxed: stored by Prepare before the slot's release hand-off, which the engine acquired
+  // before Deliver; the plain fields after it are ordered the same way.
   struct aiocb* cb = rec.cb.load(std::memory_order_relaxed);
   Notification n = rec.notification;
   LioGroup* group = rec.group;
-  uint32_t root = rec.root;
-  uint32_t root_generation = rec.root_generation;
   ClaimNotifyThread(&n, &final_result);
   if (n.signal_fails) final_result = -EINVAL;  // glibc's answer (see Notification::signal_fails)
   Publish(cb, final_result);  // from here on the aiocb is the program's again
   // kFinal, acq_rel for its release half: Publish came first, so a thread that acquires kFinal
   // (State::Done for the orderer, the scans, a canceller's WaitSettled) finds the result in the
-  // aiocb and the request's work done; the acquire half orders nothing here. The root's kFinal ends
-  // the chain it kept alive for scans (see Continue).
-  if (root != kNoRoot) {
-    records_.at(root).state.fetch_or(kFinal, std::memory_order_acq_rel);
-    FreeSlot(root, core::PackWord(root_generation, SlotState::kCompleted));
-  }
+  // aiocb and the request's work done; the acquire half orders nothing here.
   rec.state.fetch_or(kFinal, std::memory_order_acq_rel);
   FreeSlot(index, word);
   AfterCompletion(n, group);
@@ -456,7 +362,6 @@ PosixStats State::Stats() const {
   // relaxed: statistics; each counter is exact on its own, the set is no snapshot.
   s.submitted = counters_.submitted.load(std::memory_order_relaxed);
   s.ordered = counters_.ordered.load(std::memory_order_relaxed);
-  s.continued = counters_.continued.load(std::memory_order_relaxed);
   s.cancelled = counters_.cancelled.load(std::memory_order_relaxed);
   s.signals_sent = counters_.signals.load(std::memory_order_relaxed);
   s.threads_notified = counters_.threads.load(std::memory_order_relaxed);

@@ -1,6 +1,5 @@
 // posix/state.h: the POSIX layer's process-wide State, which runs POSIX requests on a kaio Service:
-// submission (SubmitAiocb, Prepare, Launch), completion (OnDeliver), continuations of short
-// results, notification, the scans aio_fsync needs (posix/state.cc) and aio_cancel
+// submission (SubmitAiocb, Prepare, Launch), completion (OnDeliver), notification, the scans aio_fsync needs (posix/state.cc) and aio_cancel
 // (posix/cancel.cc). Its start, its fate at fork() and at exit are posix/startup.h's; the C entry
 // points (api/posix_aio.cc) call into it.
 //
@@ -26,9 +25,8 @@
 //     record's state publishes ECANCELED; the slot is freed by whichever of the two finishes last.
 //   - The orderer holds back writes to O_APPEND fds (one at a time per fd, in call order) and
 //     aio_fsync (until every write queued before it on that fd completed), without blocking callers.
-//   - Short kernel results the caller would not get from a blocking call (a RWF_NOWAIT write that
-//     wrote part, a RWF_NOWAIT read of a regular file that stopped at an uncached page) are finished
-//     by a continuation request run in the blocking pool; the aiocb stays in progress until the end.
+//   - Short kernel results: the engine finishes a short RWF_NOWAIT read or write in its pool
+//     (Slot::partial), so a result is the whole answer, short only where a blocking call's is.
 //
 // Memory ordering: the engine's slot transitions order a submission before its Deliver. Results go
 // to the aiocb with a seq_cst store of __error_code; readers (aio_error, aio_suspend) load it
@@ -118,10 +116,9 @@ class State {
     if (runtime::Engine::ProducerToken* token = Token()) engine_.SubmitInline(*token);
   }
 
-  // Claims and fills a slot for `req` (the link starting `done` bytes in), with the slot flags
-  // `flags`, and points the aiocb's ticket at it. kNoSlot when max_requests are alive.
-  uint32_t Prepare(const Request& req, uint32_t flags, uint64_t done, uint32_t root, uint32_t root_generation,
-                   uint32_t* generation);
+  // Claims a slot for `req`, has the engine describe it, and points the aiocb's ticket at it
+  // (its generation in *generation). kNoSlot when max_requests are alive.
+  uint32_t Prepare(const Request& req, uint32_t* generation = nullptr);
   // Hands a prepared slot to the engine.
   void Launch(uint32_t index);
 
@@ -170,12 +167,11 @@ class State {
   };
 
   int SubmitNow(const Request& req, SubmitRoute route, bool* flush);
-  bool MayContinue(const Record& rec, Op op, uint64_t done, int64_t result) const;
-  bool Continue(uint32_t index, uint64_t word, Record& rec, uint64_t done);
   void FreeSlot(uint32_t index, uint64_t word) { engine_.slots().Free(index, word); }
-  CancelOutcome CancelRequest(uint32_t index, uint32_t generation, struct aiocb* cb, uint64_t ticket);
-  enum class Settle { kSettled, kMoved };
-  Settle WaitSettled(const Record& rec, uint32_t generation, const struct aiocb* cb, uint64_t ticket) const;
+  CancelOutcome CancelRequest(uint32_t index, uint32_t generation, struct aiocb* cb);
+  // Until the request of that generation holds its final result (a completer or canceller is
+  // publishing it: a few hundred instructions at most).
+  void WaitSettled(const Record& rec, uint32_t generation) const;
   void ClaimNotifyThread(Notification* n, int64_t* result);
   void AfterCompletion(const Notification& n, LioGroup* group);
   void Notify(const Notification& n);
@@ -195,7 +191,7 @@ class State {
   std::unique_ptr<runtime::Engine::ProducerToken> retired_token_;
 
   struct alignas(64) Counters {
-    std::atomic<uint64_t> submitted{0}, ordered{0}, continued{0}, cancelled{0}, signals{0}, threads{0};
+    std::atomic<uint64_t> submitted{0}, ordered{0}, cancelled{0}, signals{0}, threads{0};
   } counters_;
 };
 
