@@ -126,8 +126,12 @@ bool Engine::ReadNow(uint32_t index, uint64_t& word) {
   const uint64_t wanted = RequestBytes(slot.cb);
   if (wanted == 0) return false;
   // kPoolRunning, as a worker's: a canceller is told "not cancelled" for the microsecond it runs.
-  // (If cancelled already, the caller's own Move fails the same way and completes it.)
-  if (!core::Move(slot, word, SlotState::kPoolRunning)) return false;
+  // If cancelled already, the caller's own Move out of kQueued fails the same way and completes it:
+  // so the CAS works on a copy, and `word` stays the kQueued word the caller's Move expects (a
+  // reloaded word would let that Move take the request out of kCancelledQueued: the stress run's
+  // "Cancel said kCanceled, yet the request delivered another result").
+  uint64_t expected = word;
+  if (!core::Move(slot, expected, SlotState::kPoolRunning)) return false;
   struct iovec one = {slot.cb.u.c.buf, static_cast<size_t>(slot.cb.u.c.nbytes)};
   const bool vectored = op == IO_CMD_PREADV;
   const int64_t start = MonotonicNs();
