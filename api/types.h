@@ -107,7 +107,7 @@ struct ServiceStats {
   uint64_t queue_block_allocations = 0;  // memory blocks the request queues allocated (process-wide)
   uint64_t inline_submitted = 0;    // of kernel_submitted: submitted on an inline_io requester's thread
   uint64_t inline_reaped = 0;       // kernel completions reaped on an inline_io requester's thread
-  uint64_t read_now = 0;            // of inline_submitted: lone page-cache reads done by preadv2 instead
+  uint64_t read_now = 0;            // lone page-cache reads done by preadv2 in place of io_submit
 };
 
 }  // namespace kaio

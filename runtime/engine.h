@@ -276,11 +276,12 @@ class Engine {
     const int kind = FdKindOf(fd);
     return kind == kFdCompletesInline || kind == kFdInlineNoPread;
   }
-  // An inline caller's lone buffered read of an fd whose requests complete inside io_submit: tried
-  // on the calling thread with preadv2(RWF_NOWAIT), the cost of a pread, instead of io_submit and
-  // io_getevents. The slot is in kQueued in `word` (the caller holds the submit role). True if the
-  // request is dealt with (completed, or handed to the pool); false if it goes on the usual way,
-  // with `word` its current word.
+  // A lone buffered read (a batch of one, on an inline caller's thread or the submitter's) of an fd
+  // whose requests complete inside io_submit (an fd never seen is looked at once: not O_DIRECT):
+  // tried with preadv2(RWF_NOWAIT) on this thread, the cost of a pread, instead of io_submit,
+  // io_getevents and, on the submitter thread, the reaper's wake-up. The slot is in kQueued in
+  // `word` (the caller holds the submit role). True if the request is dealt with (completed, or
+  // handed to the pool); false if it goes on the usual way, with `word` its current word.
   bool ReadNow(uint32_t index, uint64_t& word);
   // A ReadNow slower than this may have waited for a device: its fd is looked at (see ReadNow). A
   // 4 KiB page-cache read takes about 1 us here, an O_DIRECT one on the fastest devices 8 us.
@@ -322,7 +323,7 @@ class Engine {
   // or a wrong guess after the fd number was reused) is async for good, and until every request
   // sent without the flag is back, the reaper looks at the ring every millisecond.
   // kFdInlineNoPread: completes inside io_submit, but a pread of it says ESPIPE (a pipe, socket,
-  // tty): an inline caller's lone read of it is not tried with preadv2 first (see ReadNow).
+  // tty): a lone read of it is not tried with preadv2 first (see ReadNow).
   enum FdKind : uint8_t { kFdUnknown = 0, kFdCompletesInline = 1, kFdAsync = 2, kFdInlineNoPread = 3 };
   static constexpr int kFdUntracked = -1;  // FdKindOf: never learned, always signalled
   static constexpr int kFdKinds = 65536;  // fds beyond always get the eventfd flag

@@ -120,7 +120,21 @@ bool Engine::ReadNow(uint32_t index, uint64_t& word) {
   const short op = slot.cb.aio_lio_opcode;
   if (op != IO_CMD_PREAD && op != IO_CMD_PREADV) return false;
   const int fd = slot.cb.aio_fildes;
-  if (FdKindOf(fd) != kFdCompletesInline) return false;
+  const int kind = FdKindOf(fd);
+  if (kind == kFdUnknown) {
+    // Never seen through io_submit (the submitter thread learns nothing there): one look. An
+    // O_DIRECT fd is async; any other completes inside io_submit under RWF_NOWAIT (a cached page,
+    // or a refusal), as LearnFdKinds would find. relaxed, both: a hint, as every fd_kind_ access;
+    // the CAS leaves a verdict stored meanwhile as it is.
+    const int fl = fcntl(fd, F_GETFL);
+    if (fl < 0) return false;
+    uint8_t unknown = kFdUnknown;
+    const uint8_t seen = (fl & O_DIRECT) ? kFdAsync : kFdCompletesInline;
+    if (!fd_kind_[fd].compare_exchange_strong(unknown, seen, std::memory_order_relaxed)) return false;
+    if (seen != kFdCompletesInline) return false;
+  } else if (kind != kFdCompletesInline) {
+    return false;
+  }
   // Not an empty read: preadv2 of no bytes says 0 without looking at the file, where pread and
   // kernel AIO say EISDIR for a directory (the differential test's finding).
   const uint64_t wanted = RequestBytes(slot.cb);
@@ -156,9 +170,8 @@ bool Engine::ReadNow(uint32_t index, uint64_t& word) {
   }
   if (result == -EAGAIN || result == -EOPNOTSUPP) {
     // Not (all) in the page cache, or a file that cannot say: the pool reads it, as after the
-    // kernel's refusal of the same RWF_NOWAIT read (RouteKernelResult).
-    // relaxed: a statistic.
-    counters_.nowait_retries.fetch_add(1, std::memory_order_relaxed);
+    // kernel's refusal of the same RWF_NOWAIT read (RouteKernelResult). Not counted in
+    // nowait_retries: it never reached kernel_submitted, so it counts as a pool request only.
     slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
     slot.flags &= ~core::kSlotNowait;
     core::Publish(slot, word, SlotState::kPoolQueued);

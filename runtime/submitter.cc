@@ -216,10 +216,10 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       slot.cb.aio_rw_flags |= RWF_NOWAIT;
       slot.flags |= core::kSlotNowait;
     }
-    // A lone page-cache read on an inline caller's thread: a preadv2 costs less than io_submit and
-    // io_getevents (page-cache reads at iodepth 1: see BENCHMARKS.md). A batch of more goes to
-    // io_submit, one call for all of them.
-    if (requeue != nullptr && count == 1 && (slot.flags & core::kSlotNowait) && ReadNow(index, word)) continue;
+    // A lone page-cache read: a preadv2 costs less than io_submit and io_getevents, and on the
+    // submitter thread it also spares the reaper's wake-up (page-cache reads at iodepth 1: see
+    // BENCHMARKS.md). A batch of more goes to io_submit, one call for all of them.
+    if (count == 1 && (slot.flags & core::kSlotNowait) && ReadNow(index, word)) continue;
     // An inline caller reaps right after io_submit: for an fd whose requests finish inside it,
     // the eventfd would only wake the reaper for nothing (see fd_kind_).
     const bool completes_inline = FdCompletesInline(slot.cb.aio_fildes);

@@ -225,8 +225,12 @@ class FaultSyscalls : public core::Syscalls {
     if (got > 0) kernel_edge_.load(std::memory_order_acquire);  // see IoSubmit
     return got;
   }
+  // A read kaio does in place of io_submit (Engine::ReadNow) is a submission to this seam: it passes
+  // the submit gate, and a bad fd (fail_fd) is bad here too.
   int64_t Preadv2(int fd, const struct iovec* iov, int iovcnt, int64_t offset, int flags) override {
+    submit_gate.Pass();
     preadv2_calls.fetch_add(1);
+    if (fd == fail_fd.load()) return -fail_fd_errno.load();
     if (Take(preadv2_eagain_count) || Roll(&RandomFaultRates::read_now_eagain)) {
       injected.read_now_eagain.fetch_add(1);
       return -EAGAIN;
