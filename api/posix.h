@@ -129,7 +129,7 @@ absl::Status Configure(const PosixOptions& options);
 struct PosixStats {
   bool started = false;           // false until the first submission started the service
   uint64_t submitted = 0;         // requests accepted (aio_read/aio_write/aio_fsync/lio_listio entries)
-  uint64_t ordered = 0;           // aio_fsyncs held back behind earlier writes
+  uint64_t ordered = 0;           // held back behind earlier writes (O_APPEND, aio_fsync)
   uint64_t cancelled = 0;         // cancelled by aio_cancel (AIO_CANCELED)
   uint64_t signals_sent = 0;      // SIGEV_SIGNAL / SIGEV_THREAD_ID notifications
   uint64_t threads_notified = 0;  // SIGEV_THREAD notifications

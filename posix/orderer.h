@@ -1,7 +1,6 @@
-// posix/orderer.h: the Orderer, which holds back aio_fsync until every write in flight on its fd
-// when it was called has completed (and the syncs held before it on that fd have gone), without
-// blocking the caller. (Writes to an O_APPEND fd keep their call order in the engine's stream
-// lanes, runtime/stream_lanes.h.)
+// posix/orderer.h: the Orderer, which holds back the requests that must wait for earlier writes on
+// the same fd: writes to an O_APPEND fd (one at a time, in call order) and aio_fsync (until every
+// write in flight on the fd when it was called has completed), without blocking the caller.
 //
 // Threading: Submit, CancelPending and CancelFd may be called from any thread. One mutex guards the
 // lanes; prepared slots are launched (launching may deliver, and delivering may notify) only after
@@ -34,9 +33,11 @@ namespace kaio::posix {
 
 class State;
 
-// Holds back aio_fsync: released once the writes in flight when it was called have completed, and
-// after everything held back before it on that fd. Submit releases at once what may go; the rest is
-// released by the orderer's thread, which sleeps on the completion futex while anything is held.
+// Holds back requests that must wait for earlier writes on the same fd: writes to O_APPEND fds
+// (released one at a time, in call order) and aio_fsync (released once the writes in flight when it
+// was called have completed, and after everything held back before it on that fd). Submit releases
+// at once what may go; the rest is released by the orderer's thread, which sleeps on the completion
+// futex while anything is held.
 class Orderer {
  public:
   explicit Orderer(State& state) : state_(state) {}

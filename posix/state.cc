@@ -5,6 +5,7 @@
 #include "posix/state.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -103,9 +104,15 @@ int State::SubmitAiocb(struct aiocb* cb, Op op, LioGroup* group, SubmitRoute rou
   req.nbytes = cb->aio_nbytes;
   req.offset = cb->aio_offset;
   req.group = group;
-  // aio_fsync waits for the writes in flight on its fd (the orderer). Writes to an O_APPEND fd
-  // keep their call order in the engine (its stream lanes), as the C++ API's do.
-  const bool ordered = IsSync(op);
+  bool ordered = IsSync(op);
+  if (op == Op::kWrite) {
+    // Writes to an O_APPEND fd must land in call order, which concurrent kernel or pool requests
+    // would not guarantee. (An fd fcntl cannot read fails the write in the kernel, with EBADF.)
+    int saved = errno;
+    int flags = fcntl(req.fd, F_GETFL);
+    errno = saved;
+    ordered = flags >= 0 && (flags & O_APPEND) != 0;
+  }
   MarkInProgress(cb);
   // relaxed: the caller holds the group's own count until the whole list is queued.
   if (group != nullptr) group->pending.fetch_add(1, std::memory_order_relaxed);

@@ -23,8 +23,8 @@
 //     then sends the sigevent (SIGEV_THREAD callbacks run on kaio's notification threads).
 //   - aio_cancel races Deliver for a request the engine reports cancelled: whoever wins a CAS on the
 //     record's state publishes ECANCELED; the slot is freed by whichever of the two finishes last.
-//   - The orderer holds back aio_fsync until every write queued before it on that fd completed,
-//     without blocking callers. Writes to O_APPEND fds keep their call order in the engine.
+//   - The orderer holds back writes to O_APPEND fds (one at a time per fd, in call order) and
+//     aio_fsync (until every write queued before it on that fd completed), without blocking callers.
 //   - Short kernel results: the engine finishes a short RWF_NOWAIT read or write in its pool
 //     (Slot::partial), so a result is the whole answer, short only where a blocking call's is.
 //
