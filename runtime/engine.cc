@@ -192,7 +192,13 @@ bool Engine::WriteGoesStraightToPool(uint32_t index) {
       (slot.flags & core::kSlotForceKernel) || !write_refusals_.SkipKernel(slot.cb.aio_fildes)) {
     return false;
   }
-  EnqueueToPool(index);
+  // Only a write whose order does not matter (a regular file without O_APPEND) may skip the submit
+  // queue: an O_APPEND or stream write sent straight to the pool would overtake this fd's earlier
+  // writes still in the queue (the one in 256 offered to the kernel again, say: 421 of 700 appends
+  // landed out of order). The look is handed on, so EnqueueToPool does not look again.
+  KindCache kind{slot.cb.aio_fildes, StreamLanes::Classify(slot.cb.aio_fildes)};
+  if (StreamLanes::OrderFor(kind.kind, op) != StreamLanes::Order::kFree) return false;
+  EnqueueToPool(index, &kind);
   return true;
 }
 
@@ -202,7 +208,7 @@ void Engine::Enqueue(ProducerToken& token, uint32_t index) {
   if (QueueAndAnnounce(token, index, &submitter_sleeps) && submitter_sleeps) WakeSubmitterOnce();
 }
 
-void Engine::EnqueueToPool(uint32_t index) {
+void Engine::EnqueueToPool(uint32_t index, KindCache* looked) {
   core::Slot& slot = slots_.at(index);
   // relaxed: a claimed slot is ours alone, so the word is the one Claim stored.
   uint64_t word = slot.word.load(std::memory_order_relaxed);
@@ -210,7 +216,7 @@ void Engine::EnqueueToPool(uint32_t index) {
   // skips the look here: this runs outside the submit role, concurrently with other dispatches of
   // the fd, and what the pool runs it cannot take back to a lane.
   const StreamLanes::Order order = IsReadOrWrite(slot.cb.aio_lio_opcode) && slot.cb.u.c.offset >= 0
-                                       ? DispatchOrder(slot, /*lone_may_go=*/false, nullptr)
+                                       ? DispatchOrder(slot, /*lone_may_go=*/false, looked)
                                        : StreamLanes::Order::kFree;
   if (order != StreamLanes::Order::kFree) slot.flags |= core::kSlotStream;
   core::Publish(slot, word, SlotState::kPoolQueued);  // the worker, lane (or a canceller) sees the iocb

@@ -143,7 +143,7 @@ class Engine {
   // hop. Takes the pool's mutex and may start a worker; a write that must keep its call order (an
   // fd of a stream or an O_APPEND file, with another of its requests in flight) goes to its lane
   // instead. Counted in sink.accepted first, as for Enqueue.
-  void EnqueueToPool(uint32_t index);
+  void EnqueueToPool(uint32_t index) { EnqueueToPool(index, nullptr); }
 
   // Inline I/O (RequesterOptions::inline_io). EnqueueDeferred queues like Enqueue but never wakes
   // the submitter; true means it sleeps, and the caller must call SubmitInline(token) before it
@@ -216,6 +216,8 @@ class Engine {
   // A write to an fd whose buffered RWF_NOWAIT writes the kernel refuses (write_refusals_): sent to
   // the pool at once (EnqueueToPool), skipping the io_submit that would only be refused. True if so.
   bool WriteGoesStraightToPool(uint32_t index);
+  // EnqueueToPool, with the fd's kind already looked at (or null).
+  void EnqueueToPool(uint32_t index, KindCache* looked);
 
   // Moves a filled slot to kQueued, queues it and adds to work_seq_; false if the queue could not
   // take it (then it completed with ENOMEM). *submitter_sleeps: the add saw the sleep bit.
