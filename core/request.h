@@ -4,6 +4,7 @@
 //
 //   kFree --MarkClaimed--> kClaimed --Publish--> kQueued | kPoolQueued        (the requester)
 //   kQueued --Move--> kInKernel | kPoolQueued | (lane) kPoolQueued            (the submitter)
+//   kQueued --Move--> kStreamTrying --Publish--> kQueued | kPoolQueued         (the submitter's ReadNow)
 //   kInKernel --Move--> kQueued | kPoolQueued                                 (the reaper, a refusal)
 //   kPoolQueued --Move--> kPoolRunning (a worker) | kStreamTrying (the lanes)
 //   kStreamTrying --Publish--> kPoolQueued | kPoolRunning                     (the lanes)

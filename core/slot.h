@@ -35,7 +35,7 @@ enum class SlotState : uint32_t {
   kInKernel,         // handed to io_submit
   kPoolQueued,       // waiting for a fallback worker
   kPoolRunning,      // a fallback worker runs it
-  kStreamTrying,     // a stream lane's thread tries it without blocking: a few microseconds at most
+  kStreamTrying,     // tried without blocking (a stream lane's attempt, ReadNow): a few microseconds at most
   kCompleted,        // result stored and routed to its sink
   kReturned,         // the owner took the result through Return(); freed when its mailbox drains it
 };

@@ -139,13 +139,16 @@ bool Engine::ReadNow(uint32_t index, uint64_t& word) {
   // kernel AIO say EISDIR for a directory (the differential test's finding).
   const uint64_t wanted = RequestBytes(slot.cb);
   if (wanted == 0) return false;
-  // kPoolRunning, as a worker's: a canceller is told "not cancelled" for the microsecond it runs.
+  // kStreamTrying, as a lane's non-blocking attempt: a canceller waits the microsecond for its
+  // outcome (completed: all done; back to kQueued or the pool: cancelled), so its answer does not
+  // depend on the moment. (kPoolRunning made it "not cancelled" for that moment, and a pipe read that
+  // was then to wait in its lane ran on uncancelled: KaioLimits.TooManyRequestsIsEAGAIN under TSan.)
   // If cancelled already, the caller's own Move out of kQueued fails the same way and completes it:
   // so the CAS works on a copy, and `word` stays the kQueued word the caller's Move expects (a
   // reloaded word would let that Move take the request out of kCancelledQueued: the stress run's
   // "Cancel said kCanceled, yet the request delivered another result").
   uint64_t expected = word;
-  if (!core::Move(slot, expected, SlotState::kPoolRunning)) return false;
+  if (!core::Move(slot, expected, SlotState::kStreamTrying)) return false;
   struct iovec one = {slot.cb.u.c.buf, static_cast<size_t>(slot.cb.u.c.nbytes)};
   const bool vectored = op == IO_CMD_PREADV;
   const int64_t start = MonotonicNs();
@@ -165,7 +168,7 @@ bool Engine::ReadNow(uint32_t index, uint64_t& word) {
   if (result >= 0 && static_cast<uint64_t>(result) == wanted) {
     // relaxed: a statistic.
     counters_.read_now.fetch_add(1, std::memory_order_relaxed);
-    Complete(index, SlotState::kPoolRunning, result);
+    Complete(index, SlotState::kStreamTrying, result);
     return true;
   }
   if (result == -EAGAIN || result == -EOPNOTSUPP) {

@@ -48,6 +48,10 @@ class Gate {
     std::lock_guard<std::mutex> lock(mu_);
     return arrived_;
   }
+  bool closed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return !open_;
+  }
 
  private:
   std::mutex mu_;
@@ -225,12 +229,13 @@ class FaultSyscalls : public core::Syscalls {
     if (got > 0) kernel_edge_.load(std::memory_order_acquire);  // see IoSubmit
     return got;
   }
-  // A read kaio does in place of io_submit (Engine::ReadNow) is a submission to this seam: it passes
-  // the submit gate, and a bad fd (fail_fd) is bad here too.
+  // A read kaio does in place of io_submit (Engine::ReadNow) gives way to the tests that hold or fail
+  // io_submit: while the submit gate is closed, or for the bad fd (fail_fd), it says EINVAL, and the
+  // request goes on the usual way, into io_submit, where the test holds or fails it. (Held inside
+  // ReadNow, a request's Cancel would wait for the attempt's outcome, as it must: see ReadNow.)
   int64_t Preadv2(int fd, const struct iovec* iov, int iovcnt, int64_t offset, int flags) override {
-    submit_gate.Pass();
     preadv2_calls.fetch_add(1);
-    if (fd == fail_fd.load()) return -fail_fd_errno.load();
+    if (submit_gate.closed() || fd == fail_fd.load()) return -EINVAL;
     if (Take(preadv2_eagain_count) || Roll(&RandomFaultRates::read_now_eagain)) {
       injected.read_now_eagain.fetch_add(1);
       return -EAGAIN;
