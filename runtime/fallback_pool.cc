@@ -71,11 +71,9 @@ void Engine::PoolPush(uint32_t index) {
     pool_queue_.erase(std::find(pool_queue_.begin(), pool_queue_.end(), index));
   }
   core::Slot& slot = slots_.at(index);
-  const bool from_lane = (slot.flags & core::kSlotStream) != 0;
-  const int lane_fd = slot.cb.aio_fildes;
-  const short lane_op = slot.cb.aio_lio_opcode;
+  // A lane's head leaves its lane before its completion is delivered (see StreamLanes::OnPoolDone).
+  if (slot.flags & core::kSlotStream) lanes_->OnPoolDone(index, slot.cb.aio_fildes, slot.cb.aio_lio_opcode);
   if (!Complete(index, SlotState::kPoolQueued, -EAGAIN)) Complete(index, SlotState::kCancelledQueued, -ECANCELED);
-  if (from_lane) lanes_->OnPoolDone(lane_fd, lane_op);
 }
 
 void Engine::PoolLoop() {
@@ -97,10 +95,8 @@ void Engine::PoolLoop() {
     // acquire: pairs with the release into kPoolQueued (core::Publish, or the Move of the hop that pushed
     // it; a canceller's CAS continues it), so the iocb, flags and partial read below are what it wrote.
     uint64_t word = slot.word.load(std::memory_order_acquire);
-    // A lane's head: once it is complete the slot is its owner's, so note where it came from first.
+    // A lane's head leaves its lane before its completion is delivered (see StreamLanes::OnPoolDone).
     const bool from_lane = (slot.flags & core::kSlotStream) != 0;
-    const int lane_fd = slot.cb.aio_fildes;
-    const short lane_op = slot.cb.aio_lio_opcode;
     if (WordState(word) == SlotState::kPoolQueued &&
         core::Move(slot, word, SlotState::kPoolRunning)) {
       // relaxed: a statistic.
@@ -112,11 +108,12 @@ void Engine::PoolLoop() {
       }
       // relaxed: a statistic.
       counters_.pool_running.fetch_sub(1, std::memory_order_relaxed);
+      if (from_lane) lanes_->OnPoolDone(index, slot.cb.aio_fildes, slot.cb.aio_lio_opcode);
       Complete(index, SlotState::kPoolRunning, result);
     } else {
+      if (from_lane) lanes_->OnPoolDone(index, slot.cb.aio_fildes, slot.cb.aio_lio_opcode);
       Complete(index, SlotState::kCancelledQueued, -ECANCELED);
     }
-    if (from_lane) lanes_->OnPoolDone(lane_fd, lane_op);
     lock.lock();
   }
 }

@@ -96,7 +96,11 @@ bool StreamLanes::Push(uint32_t index, Order order, bool front) {
     if (lane.requests.empty()) {
       lane.pool_only = order == Order::kAppendPool;
     }
-    if (front) {
+    if (front && lane.in_pool) {
+      // The pool's head stays the head until OnPoolDone takes it off (by then it is done, so the
+      // request is still the oldest of what waits).
+      lane.requests.insert(lane.requests.begin() + 1, index);
+    } else if (front) {
       lane.requests.push_front(index);
     } else {
       lane.requests.push_back(index);
@@ -120,14 +124,14 @@ void StreamLanes::Ready(int fd) {
   WakeLocked();
 }
 
-void StreamLanes::OnPoolDone(int fd, short opcode) {
+void StreamLanes::OnPoolDone(uint32_t index, int fd, short opcode) {
   uint32_t next = core::SlotTable::kNoSlot;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = streams_.find(fd);
     if (it == streams_.end()) return;
     Lane& lane = it->second.lanes[DirectionOf(opcode)];
-    if (!lane.in_pool || lane.requests.empty()) return;
+    if (!lane.in_pool || lane.requests.empty() || lane.requests.front() != index) return;
     lane.requests.pop_front();
     lane.in_pool = false;
     if (lane.requests.empty()) {

@@ -76,8 +76,12 @@ class StreamLanes {
   bool Push(uint32_t index, Order order, bool front = false);
   // The fd's requests outside the lanes (Engine::NothingOutside) are all done: its lanes may run.
   void Ready(int fd);
-  // The pool finished (or cancelled) a lane's head: the lane's next request may run.
-  void OnPoolDone(int fd, short opcode);
+  // The pool finished (or cancelled) a lane's head, `index`: the lane's next request may run.
+  // Called before the head's completion is delivered, never after: once delivered, the program may
+  // submit the fd's next request, which may find the lane empty-looking and take its head (a
+  // request that went the usual way is pushed at the front), and a stale head still in the lane
+  // would then be popped in its place, the new request lost.
+  void OnPoolDone(uint32_t index, int fd, short opcode);
   // A request in a lane was cancelled: complete it now, not when its turn comes.
   void Kick();
 
