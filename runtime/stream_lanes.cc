@@ -96,11 +96,9 @@ bool StreamLanes::Push(uint32_t index, Order order, bool front) {
     if (lane.requests.empty()) {
       lane.pool_only = order == Order::kAppendPool;
     }
-    if (front && lane.in_pool) {
-      // The pool's head stays the head until OnPoolDone takes it off (by then it is done, so the
-      // request is still the oldest of what waits).
-      lane.requests.insert(lane.requests.begin() + 1, index);
-    } else if (front) {
+    if (front) {
+      // Older than all there: it went the usual way because nothing of its fd was in flight, and
+      // a head the pool ran holds its fd's busy count until it has left the lane (OnPoolDone).
       lane.requests.push_front(index);
     } else {
       lane.requests.push_back(index);
@@ -131,6 +129,7 @@ void StreamLanes::OnPoolDone(uint32_t index, int fd, short opcode) {
     auto it = streams_.find(fd);
     if (it == streams_.end()) return;
     Lane& lane = it->second.lanes[DirectionOf(opcode)];
+    // The head is `index` by construction; the check keeps a broken rule from popping another.
     if (!lane.in_pool || lane.requests.empty() || lane.requests.front() != index) return;
     lane.requests.pop_front();
     lane.in_pool = false;
