@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "kaio/requester.h"
 #include "kaio/service.h"
@@ -50,35 +52,52 @@ class ThreadCountingSyscalls : public FaultSyscalls {
 
 TEST(InlineIo, ThePollingThreadSubmitsAndReapsCachedReadsItself) {
   ThreadCountingSyscalls sys;
-  constexpr int kDepth = 32, kRounds = 20;
+  constexpr int kDepth = 32, kBlocks = 20 * kDepth, kMeasuredRounds = 10;
   ServiceOptions options;
   options.submit_batch = kDepth;  // a round fits one io_submit
   auto service = NewService(sys, options);
   ASSERT_NE(service, nullptr);
   auto requester = NewInlineRequester(*service);
-  TempFile file(kDepth * kRounds * kBlock);
-  ASSERT_NO_FATAL_FAILURE(CacheInPageCache(file, kDepth * kRounds * kBlock));  // cache it all
+  TempFile file(kBlocks * kBlock);
+  ASSERT_NO_FATAL_FAILURE(CacheInPageCache(file, kBlocks * kBlock));  // cache it all
   std::vector<AlignedBuffer> bufs = BlockBuffers(kDepth);
   ReadBlocks(*requester, file, bufs, 0, kDepth);  // creates the io context (the submitter's job)
   sys.Watch(std::this_thread::get_id());
-  ServiceStats before = service->Stats();
-  int calls_before_last_rounds = 0;
-  for (int round = 1; round < kRounds; ++round) {
-    if (round == kRounds - 10) calls_before_last_rounds = sys.watched_calls();
-    ReadBlocks(*requester, file, bufs, round * kDepth, kDepth);
+  int round = 1;
+  auto next_round = [&] {
+    ReadBlocks(*requester, file, bufs, (round++ * kDepth) % kBlocks, kDepth);
+  };
+  // kaio learns that this fd's requests finish inside io_submit only when this thread gets the reap
+  // role right after its submission; on a loaded machine the reaper thread, woken by the eventfd of
+  // the not-yet-learnt requests, may hold it through many rounds. Until then a round is split into
+  // device-sized calls and reaped by the reaper. So first wait for the state this test is about:
+  // a round submitted in one call and reaped wholly on this thread (never reached: the test fails).
+  const absl::Time give_up = absl::Now() + kDeadline;
+  bool learnt = false;
+  while (!learnt && absl::Now() < give_up) {
+    const ServiceStats before = service->Stats();
+    const int calls_before = sys.watched_calls();
+    ASSERT_NO_FATAL_FAILURE(next_round());
+    const ServiceStats after = service->Stats();
+    learnt = sys.watched_calls() - calls_before == 1 &&
+             after.inline_reaped - before.inline_reaped == static_cast<uint64_t>(kDepth);
   }
-  ServiceStats after = service->Stats();
-  const uint64_t requests = (kRounds - 1) * kDepth;
+  ASSERT_TRUE(learnt) << "no round of cached reads was submitted and reaped on the requester's thread in "
+                      << round - 1 << " rounds";
+  // Learnt, it stays learnt: the submitter sleeps between rounds, so (nearly) every round is
+  // submitted from this thread as one io_submit, its requests go without the eventfd flag, and this
+  // thread reaps them.
+  const ServiceStats before = service->Stats();
+  const int calls_before = sys.watched_calls();
+  for (int i = 0; i < kMeasuredRounds; ++i) ASSERT_NO_FATAL_FAILURE(next_round());
+  const ServiceStats after = service->Stats();
+  const uint64_t requests = kMeasuredRounds * kDepth;
   EXPECT_EQ(after.requests_completed - before.requests_completed, requests);
   EXPECT_EQ(after.requests_failed, 0u);
-  // The submitter sleeps between rounds, so (nearly) every round is submitted from this thread; once
-  // kaio has seen that this fd's requests finish inside io_submit, a round is one io_submit (not
-  // split as for a device), its requests go without the eventfd flag, and this thread reaps them.
-  EXPECT_GT(sys.watched_calls(), 0) << "no io_submit was made on the requester's thread";
   EXPECT_GT(after.inline_submitted - before.inline_submitted, requests / 2);
   EXPECT_GT(after.inline_reaped - before.inline_reaped, requests / 2);
-  EXPECT_LE(sys.watched_calls() - calls_before_last_rounds, 12)
-      << "the last 10 rounds should take about one io_submit each";
+  EXPECT_LE(sys.watched_calls() - calls_before, kMeasuredRounds + 2)
+      << "the last " << kMeasuredRounds << " rounds should take about one io_submit each";
 }
 
 TEST(InlineIo, DirectReadsFinishThroughTheReaperWhileTheRequesterSleeps) {
