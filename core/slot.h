@@ -68,6 +68,7 @@ enum SlotFlags : uint32_t {
   kSlotStream = 1u << 4,      // in a runtime::StreamLanes lane: run in call order, one at a time
   kSlotCounted = 1u << 5,     // counted in its fd's order bookkeeping (Engine::DispatchOrder)
   kSlotOutside = 1u << 6,     // ... on the usual paths (kernel, pool), not in a lane
+  kSlotFileWrite = 1u << 7,   // a buffered write to a regular file: the pool runs its fd's one at a time
 };
 
 struct alignas(64) Slot {
@@ -78,6 +79,7 @@ struct alignas(64) Slot {
   uint32_t local_prev = 0;              // owner-private FIFO links (index + 1)
   uint32_t local_next = 0;
   uint32_t flags = 0;
+  uint32_t pool_next = 0;               // the pool's per-fd write lane link (index + 1), under its mutex
   bool in_local_list = false;           // owner-private
   // Written before the seq_cst move into kCompleted. Atomic (relaxed) only because Error() may read
   // it from any thread while a stale ticket's slot is being reused; the word orders it.

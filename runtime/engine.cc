@@ -186,7 +186,7 @@ bool Engine::QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submit
 }
 
 bool Engine::WriteGoesStraightToPool(uint32_t index) {
-  const core::Slot& slot = slots_.at(index);
+  core::Slot& slot = slots_.at(index);
   const short op = slot.cb.aio_lio_opcode;
   if ((op != IO_CMD_PWRITE && op != IO_CMD_PWRITEV) || options_.fallback_threads == 0 ||
       (slot.flags & core::kSlotForceKernel) || !write_refusals_.SkipKernel(slot.cb.aio_fildes)) {
@@ -198,6 +198,7 @@ bool Engine::WriteGoesStraightToPool(uint32_t index) {
   // landed out of order). The look is handed on, so EnqueueToPool does not look again.
   KindCache kind{slot.cb.aio_fildes, StreamLanes::Classify(slot.cb.aio_fildes)};
   if (StreamLanes::OrderFor(kind.kind, op) != StreamLanes::Order::kFree) return false;
+  if (kind.kind == StreamLanes::Kind::kFile) slot.flags |= core::kSlotFileWrite;
   EnqueueToPool(index, &kind);
   return true;
 }

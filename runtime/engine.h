@@ -60,7 +60,7 @@
 //   fd_order.cc       which requests keep their call order and go to a lane (DispatchOrder)
 //   submitter.cc      the submit queue's drain, the io context's life, io_submit (SubmitBatch)
 //   reaper.cc         the completion eventfd, io_getevents, routing each result (RouteKernelResult)
-//   fallback_pool.cc  the blocking workers
+//   fallback_pool.cc  the blocking workers (pool_queue.h: what they take, in which order)
 //   inline_io.cc      an inline_io requester's thread submitting and reaping; the two roles
 //   stream_lanes.cc   the lanes themselves (class StreamLanes)
 //
@@ -75,7 +75,6 @@
 #include <cstdlib>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -89,6 +88,7 @@
 #include "core/hidden_fd.h"
 #include "core/slot.h"
 #include "core/syscalls.h"
+#include "runtime/pool_queue.h"
 #include "runtime/stream_lanes.h"
 #include "runtime/write_refusals.h"
 #include "kaio/types.h"
@@ -293,8 +293,12 @@ class Engine {
   void RouteKernelResult(uint32_t index, int64_t result);
   static bool StoppedShort(const struct iocb& cb, int64_t result);
 
+  // Queues a request in kPoolQueued for a worker (starting one if none is idle and fewer than
+  // fallback_threads run); a buffered file write (kSlotFileWrite) waits behind its fd's running one.
   void PoolPush(uint32_t index);
   void PoolLoop();
+  // A worker's turn with one request: runs it (or completes it cancelled) and delivers the result.
+  void RunPoolRequest(uint32_t index);
   // Runs the request on the calling thread; a vectored one resumes `vectored_skip` bytes in.
   static int64_t RunBlocking(const struct iocb& cb, uint64_t vectored_skip);
   // Bytes the request asks for (the sum of the iovec lengths for a vectored one).
@@ -365,7 +369,7 @@ class Engine {
   // Fallback pool (the slow path: a mutex here costs nothing next to the blocking call it guards).
   std::mutex pool_mu_;
   std::condition_variable pool_cv_;
-  std::deque<uint32_t> pool_queue_;
+  PoolQueue pool_queue_{slots_};
   std::vector<std::thread> pool_threads_;
   int pool_idle_ = 0;
 

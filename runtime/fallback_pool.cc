@@ -36,9 +36,14 @@ using core::ClassifySubmitError;
 void Engine::PoolPush(uint32_t index) {
   // relaxed: a statistic.
   counters_.pool_requests.fetch_add(1, std::memory_order_relaxed);
+  core::Slot& slot = slots_.at(index);
+  // A stream lane's head is alone in its lane already, and keeps its lane's order: any worker.
+  const int lane_fd = (slot.flags & core::kSlotFileWrite) && !(slot.flags & core::kSlotStream)
+                          ? slot.cb.aio_fildes
+                          : PoolQueue::kAnyWorker;
   {
     std::lock_guard<std::mutex> lock(pool_mu_);
-    pool_queue_.push_back(index);
+    if (!pool_queue_.Push(index, lane_fd)) return;  // behind its lane's running write: its holder runs it
     if (pool_idle_ > 0 || static_cast<int>(pool_threads_.size()) >= std::max(1, options_.fallback_threads)) {
       pool_cv_.notify_one();
       return;
@@ -68,9 +73,8 @@ void Engine::PoolPush(uint32_t index) {
     }
     // No worker at all, and none to be had: this request fails with EAGAIN (glibc's answer when it
     // cannot start a helper thread) instead of waiting for ever; the next one tries again.
-    pool_queue_.erase(std::find(pool_queue_.begin(), pool_queue_.end(), index));
+    pool_queue_.RemoveLastPushed(index, lane_fd);
   }
-  core::Slot& slot = slots_.at(index);
   // A lane's head leaves its lane before its completion is delivered (see StreamLanes::OnPoolDone).
   if (slot.flags & core::kSlotStream) lanes_->OnPoolDone(index, slot.cb.aio_fildes, slot.cb.aio_lio_opcode);
   if (!Complete(index, SlotState::kPoolQueued, -EAGAIN)) Complete(index, SlotState::kCancelledQueued, -ECANCELED);
@@ -78,43 +82,47 @@ void Engine::PoolPush(uint32_t index) {
 
 void Engine::PoolLoop() {
   std::unique_lock<std::mutex> lock(pool_mu_);
+  PoolQueue::Work work;
   while (true) {
-    if (pool_queue_.empty()) {
+    if (!pool_queue_.Take(&work)) {
       // acquire, here and in the wait below (pool_mu_ orders it anyway: ~Engine stores it before it
-      // notifies under the mutex).
+      // notifies under the mutex). Lanes other workers hold are theirs to finish.
       if (exiting_.load(std::memory_order_acquire)) return;
       ++pool_idle_;
-      pool_cv_.wait(lock, [this] { return !pool_queue_.empty() || exiting_.load(std::memory_order_acquire); });
+      pool_cv_.wait(lock, [this] { return !pool_queue_.Empty() || exiting_.load(std::memory_order_acquire); });
       --pool_idle_;
       continue;
     }
-    uint32_t index = pool_queue_.front();
-    pool_queue_.pop_front();
-    lock.unlock();
-    core::Slot& slot = slots_.at(index);
-    // acquire: pairs with the release into kPoolQueued (core::Publish, or the Move of the hop that pushed
-    // it; a canceller's CAS continues it), so the iocb, flags and partial read below are what it wrote.
-    uint64_t word = slot.word.load(std::memory_order_acquire);
-    // A lane's head leaves its lane before its completion is delivered (see StreamLanes::OnPoolDone).
-    const bool from_lane = (slot.flags & core::kSlotStream) != 0;
-    if (WordState(word) == SlotState::kPoolQueued &&
-        core::Move(slot, word, SlotState::kPoolRunning)) {
-      // relaxed: a statistic.
-      counters_.pool_running.fetch_add(1, std::memory_order_relaxed);
-      int64_t result = RunBlocking(slot.cb, slot.partial);
-      if (slot.partial > 0) {
-        // What the kernel already moved counts; an error on the rest is a short result, as write(2).
-        result = result >= 0 ? result + static_cast<int64_t>(slot.partial) : static_cast<int64_t>(slot.partial);
-      }
-      // relaxed: a statistic.
-      counters_.pool_running.fetch_sub(1, std::memory_order_relaxed);
-      if (from_lane) lanes_->OnPoolDone(index, slot.cb.aio_fildes, slot.cb.aio_lio_opcode);
-      Complete(index, SlotState::kPoolRunning, result);
-    } else {
-      if (from_lane) lanes_->OnPoolDone(index, slot.cb.aio_fildes, slot.cb.aio_lio_opcode);
-      Complete(index, SlotState::kCancelledQueued, -ECANCELED);
+    do {
+      lock.unlock();
+      RunPoolRequest(work.index);
+      lock.lock();
+    } while (work.lane_fd != PoolQueue::kAnyWorker && pool_queue_.NextInLane(work.lane_fd, &work.index));
+  }
+}
+
+void Engine::RunPoolRequest(uint32_t index) {
+  core::Slot& slot = slots_.at(index);
+  // acquire: pairs with the release into kPoolQueued (core::Publish, or the Move of the hop that pushed
+  // it; a canceller's CAS continues it), so the iocb, flags and partial read below are what it wrote.
+  uint64_t word = slot.word.load(std::memory_order_acquire);
+  // A lane's head leaves its lane before its completion is delivered (see StreamLanes::OnPoolDone).
+  const bool from_lane = (slot.flags & core::kSlotStream) != 0;
+  if (WordState(word) == SlotState::kPoolQueued && core::Move(slot, word, SlotState::kPoolRunning)) {
+    // relaxed: a statistic.
+    counters_.pool_running.fetch_add(1, std::memory_order_relaxed);
+    int64_t result = RunBlocking(slot.cb, slot.partial);
+    if (slot.partial > 0) {
+      // What the kernel already moved counts; an error on the rest is a short result, as write(2).
+      result = result >= 0 ? result + static_cast<int64_t>(slot.partial) : static_cast<int64_t>(slot.partial);
     }
-    lock.lock();
+    // relaxed: a statistic.
+    counters_.pool_running.fetch_sub(1, std::memory_order_relaxed);
+    if (from_lane) lanes_->OnPoolDone(index, slot.cb.aio_fildes, slot.cb.aio_lio_opcode);
+    Complete(index, SlotState::kPoolRunning, result);
+  } else {
+    if (from_lane) lanes_->OnPoolDone(index, slot.cb.aio_fildes, slot.cb.aio_lio_opcode);
+    Complete(index, SlotState::kCancelledQueued, -ECANCELED);
   }
 }
 

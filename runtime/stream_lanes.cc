@@ -39,7 +39,8 @@ StreamLanes::Kind StreamLanes::Classify(int fd) {
   if (S_ISFIFO(stx.stx_mode) || S_ISSOCK(stx.stx_mode)) return Kind::kStream;
   if (S_ISCHR(stx.stx_mode)) return Kind::kCharDevice;
   const int flags = fcntl(fd, F_GETFL);
-  return flags >= 0 && (flags & O_APPEND) ? Kind::kAppendFile : Kind::kFile;
+  if (flags >= 0 && (flags & O_APPEND)) return Kind::kAppendFile;
+  return flags >= 0 && (flags & O_DIRECT) ? Kind::kDirectFile : Kind::kFile;
 }
 
 StreamLanes::Order StreamLanes::OrderFor(Kind kind, short opcode) {

@@ -57,7 +57,9 @@ class StreamLanes {
     kAppendPool,  // an O_APPEND write: a lane, run in the blocking pool
   };
   // What a descriptor is, as far as order goes.
-  enum class Kind : uint8_t { kUnknown = 0, kFile, kAppendFile, kStream, kCharDevice };
+  // kFile: a regular file or block device, buffered; kDirectFile: the same opened O_DIRECT (its
+  // order is free too; the pool runs buffered writes one per fd, these not).
+  enum class Kind : uint8_t { kUnknown = 0, kFile, kAppendFile, kStream, kCharDevice, kDirectFile };
   // Looks at the descriptor (statx, and F_GETFL for a regular file). An fd statx refuses is kFile:
   // the kernel gives the request its error (EBADF) the usual way.
   static Kind Classify(int fd);

@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "kaio/requester.h"
 #include "kaio/service.h"
+#include "tests/fault_syscalls.h"
 #include "tests/test_fixture.h"
 #include "tests/test_util.h"
 
@@ -23,6 +24,7 @@ namespace kaio {
 namespace {
 
 using ::kaio::testing::AlignedBuffer;
+using ::kaio::testing::FaultSyscalls;
 using ::kaio::testing::kBlock;
 using ::kaio::testing::NewRequester;
 using ::kaio::testing::NewService;
@@ -398,6 +400,40 @@ TEST(Fallback, WritesTheKernelRefusesGoStraightToThePool) {
       ASSERT_EQ(data[i * kBlock + 17], 0x40 + i) << "block " << i;
     }
   }
+}
+
+// A buffered write the filesystem cannot do without blocking takes the file's inode lock for its
+// whole copy, so the pool runs one fd's such writes one at a time: a burst of them is one worker's,
+// and a write queued behind a running one wakes nobody (runtime/pool_queue.h).
+TEST(Fallback, OneFilesRefusedWritesRunOneAtATimeOnOneWorker) {
+  constexpr int kWrites = 64;
+  FaultSyscalls sys;
+  TempFile file(kWrites * kBlock);
+  sys.fail_fd = file.fd();
+  sys.fail_fd_errno = EOPNOTSUPP;  // io_submit refuses RWF_NOWAIT for this fd, on any filesystem
+  ServiceOptions options;
+  options.fallback_threads = 4;
+  auto service = NewService(sys, options);
+  ASSERT_NE(service, nullptr);
+  auto requester = NewRequester(*service);
+  ASSERT_NE(requester, nullptr);
+  std::vector<AlignedBuffer> bufs;
+  std::vector<Ticket> tickets;
+  for (int i = 0; i < kWrites; ++i) {
+    bufs.emplace_back(kBlock);
+    std::memset(bufs.back().data(), 0x30 + i, kBlock);
+    auto t = requester->Write(file.fd(), bufs.back().data(), kBlock, int64_t{i} * kBlock);
+    ASSERT_TRUE(t.ok()) << t.status();
+    tickets.push_back(*t);
+  }
+  ASSERT_TRUE(requester->WaitAll(tickets, absl::Seconds(20)).ok());
+  for (Ticket t : tickets) EXPECT_EQ(requester->Return(t), static_cast<int64_t>(kBlock));
+  const ServiceStats stats = service->Stats();
+  EXPECT_EQ(stats.pool_requests, static_cast<uint64_t>(kWrites));
+  EXPECT_EQ(stats.pool_threads, 1u) << "another worker was started for the same file's writes";
+  std::vector<uint8_t> data(kWrites * kBlock);
+  ASSERT_EQ(pread(file.fd(), data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
+  for (int i = 0; i < kWrites; ++i) ASSERT_EQ(data[i * kBlock + 100], 0x30 + i) << "block " << i;
 }
 
 }  // namespace
