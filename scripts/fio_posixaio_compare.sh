@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# glibc's POSIX AIO against kaio's, in one run, on the same fio --ioengine=posixaio workloads: each
+# glibc's POSIX AIO against kaio's, in one run, on the same fio --ioengine=posixaio workloads (and
+# three of tools/posix_sigbench.cc, a signal per request, which fio does not do): each
 # workload runs with and without LD_PRELOAD=libkaio_posix.so (alternating which goes first, repeated),
 # and the script prints a Markdown table of medians: IOPS, mean and p99 completion latency, and the
 # CPU time the whole process (every thread: fio's, glibc's helpers, kaio's engine) spent per request.
@@ -58,6 +59,11 @@ workloads=(
   "randread_cached_qd64|--rw=randread --direct=0 --iodepth=64 --invalidate=0"
   "randread_cached_qd1|--rw=randread --direct=0 --iodepth=1 --invalidate=0"
   "randwrite_buffered_qd64|--rw=randwrite --direct=0 --iodepth=64"
+  # Not fio: tools/posix_sigbench.cc, small buffered requests each announced by its own signal
+  # (SIGEV_SIGNAL, taken by a handler while the program sleeps in sigsuspend).
+  "sig_randwrite_buffered_qd1|sigbench --rw=randwrite --iodepth=1"
+  "sig_randwrite_buffered_qd16|sigbench --rw=randwrite --iodepth=16"
+  "sig_randread_cached_qd16|sigbench --rw=randread --iodepth=16"
 )
 if [ -n "${KAIO_FIO_WORKLOADS:-}" ]; then
   selected=()
@@ -66,6 +72,15 @@ if [ -n "${KAIO_FIO_WORKLOADS:-}" ]; then
   done
   workloads=("${selected[@]}")
 fi
+
+sigbench=""
+for w in "${workloads[@]}"; do
+  if [[ ${w#*|} == sigbench* ]] && [ -z "$sigbench" ]; then
+    command -v c++ > /dev/null || { echo "c++ is needed to build tools/posix_sigbench.cc" >&2; exit 1; }
+    sigbench="$dir/posix_sigbench"
+    c++ -O2 -std=c++17 -o "$sigbench" tools/posix_sigbench.cc
+  fi
+done
 
 # Lay the file out once, so every run reads and overwrites allocated blocks.
 fio --name=layout --filename="$file" --size="$size" --rw=write --bs=1m --ioengine=psync --end_fsync=1 \
@@ -79,6 +94,12 @@ run_one() {  # run_one <impl> <name> <args> <rep>
   if [ "$impl" = glibc ] && [ -n "$baseline_env" ]; then preload=$so env_args=("$baseline_env"); fi
   if [ "$impl" = glibc ] && [ -n "$baseline_so" ]; then preload=$baseline_so; fi
   local TIMEFORMAT='%U %S'
+  if [[ $args == sigbench* ]]; then
+    # shellcheck disable=SC2086
+    { time env "${env_args[@]}" LD_PRELOAD="$preload" "$sigbench" --file="$file" --size="$size" --runtime="$runtime" \
+        --ramp=1 --json="$json" ${args#sigbench} > /dev/null; } 2> "$out/$name.$impl.$rep.cpu"
+    return
+  fi
   # shellcheck disable=SC2086
   { time env "${env_args[@]}" LD_PRELOAD="$preload" fio --thread --name="$name" --filename="$file" --size="$size" --bs=4k \
       --ioengine=posixaio --time_based --runtime="$runtime" --ramp_time=1 --norandommap --randrepeat=0 \
