@@ -80,6 +80,9 @@ struct alignas(64) Slot {
   uint32_t local_next = 0;
   uint32_t flags = 0;
   uint32_t pool_next = 0;               // the pool's per-fd write lane link (index + 1), under its mutex
+  // The fd's fcntl(F_GETFL) as the client read it when it described the request, or -1: spares the
+  // engine the same syscall when it looks at the fd (StreamLanes::Classify).
+  int32_t file_flags = -1;
   bool in_local_list = false;           // owner-private
   // Written before the seq_cst move into kCompleted. Atomic (relaxed) only because Error() may read
   // it from any thread while a stale ticket's slot is being reused; the word orders it.

@@ -56,6 +56,7 @@ struct Request {
   int64_t offset = 0;
   Notification notification;
   LioGroup* group = nullptr;
+  int file_flags = -1;  // a write's fcntl(F_GETFL) of fd at submission (-1: not read), for the engine
 };
 
 // Record::state = generation << kStateShift | RecordBits.

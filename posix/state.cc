@@ -112,6 +112,7 @@ int State::SubmitAiocb(struct aiocb* cb, Op op, LioGroup* group, SubmitRoute rou
     int flags = fcntl(req.fd, F_GETFL);
     errno = saved;
     ordered = flags >= 0 && (flags & O_APPEND) != 0;
+    req.file_flags = flags;  // the engine looks at the fd too: it is spared this syscall
   }
   MarkInProgress(cb);
   // relaxed: the caller holds the group's own count until the whole list is queued.
@@ -181,7 +182,8 @@ uint32_t State::Prepare(const Request& req, uint32_t* generation_out) {
   // aiocb's as they are (aio_fsync reads neither).
   const uint32_t generation =
       engine_.Describe(index, req.fd, IoOpcode(req.op), IsSync(req.op) ? nullptr : req.buf,
-                       IsSync(req.op) ? 0 : req.nbytes, IsSync(req.op) ? 0 : req.offset, /*serial=*/0);
+                       IsSync(req.op) ? 0 : req.nbytes, IsSync(req.op) ? 0 : req.offset, /*serial=*/0,
+                       req.file_flags);
   Record& rec = records_.Ensure(index);
   // relaxed: published to scans by the release store of `state` below, and to the request's
   // completer by the slot's release hand-off (Launch), as the plain fields after them.

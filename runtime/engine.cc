@@ -152,8 +152,9 @@ uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
 }
 
 uint32_t Engine::Describe(uint32_t index, int fd, short opcode, void* buf, uint64_t nbytes, int64_t offset,
-                          uint64_t serial) {
+                          uint64_t serial, int file_flags) {
   core::Slot& slot = slots_.at(index);
+  slot.file_flags = file_flags;
   slot.cb.aio_fildes = fd;
   slot.cb.aio_lio_opcode = opcode;
   slot.cb.u.c.buf = buf;
@@ -196,7 +197,7 @@ bool Engine::WriteGoesStraightToPool(uint32_t index) {
   // queue: an O_APPEND or stream write sent straight to the pool would overtake this fd's earlier
   // writes still in the queue (the one in 256 offered to the kernel again, say: 421 of 700 appends
   // landed out of order). The look is handed on, so EnqueueToPool does not look again.
-  KindCache kind{slot.cb.aio_fildes, StreamLanes::Classify(slot.cb.aio_fildes)};
+  KindCache kind{slot.cb.aio_fildes, StreamLanes::Classify(slot.cb.aio_fildes, slot.file_flags)};
   if (StreamLanes::OrderFor(kind.kind, op) != StreamLanes::Order::kFree) return false;
   if (kind.kind == StreamLanes::Kind::kFile) slot.flags |= core::kSlotFileWrite;
   EnqueueToPool(index, &kind);

@@ -131,9 +131,10 @@ class Engine {
   uint32_t Claim(core::CompletionSink& sink, uint64_t tag);
   // Describes the request in a claimed slot (the only place a client's request becomes an iocb):
   // its fd, opcode (IO_CMD_*), buffer (an iovec array for the vectored ones, nbytes then being the
-  // count), offset and the client's serial for its ticket. Returns the slot's generation.
+  // count), offset and the client's serial for its ticket; `file_flags`, the fd's F_GETFL if the
+  // client read it just now (-1 if not). Returns the slot's generation.
   uint32_t Describe(uint32_t index, int fd, short opcode, void* buf, uint64_t nbytes, int64_t offset,
-                    uint64_t serial);
+                    uint64_t serial, int file_flags = -1);
   // Gives a claimed slot back unsubmitted.
   void Unclaim(uint32_t index);
   // Queues a claimed, filled slot for submission. The caller counted it in sink.accepted already.

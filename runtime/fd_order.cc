@@ -43,7 +43,7 @@ StreamLanes::Order Engine::DispatchOrder(core::Slot& slot, bool lone_may_go, Kin
   const short op = slot.cb.aio_lio_opcode;
   auto classify = [&] {
     if (cache != nullptr && cache->fd == fd && cache->kind != StreamLanes::Kind::kUnknown) return cache->kind;
-    const StreamLanes::Kind kind = StreamLanes::Classify(fd);
+    const StreamLanes::Kind kind = StreamLanes::Classify(fd, slot.file_flags);
     if (cache != nullptr) *cache = KindCache{fd, kind};
     return kind;
   };

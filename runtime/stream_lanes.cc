@@ -31,14 +31,14 @@ bool IsVectoredOp(short opcode) { return opcode == IO_CMD_PREADV || opcode == IO
 
 }  // namespace
 
-StreamLanes::Kind StreamLanes::Classify(int fd) {
+StreamLanes::Kind StreamLanes::Classify(int fd, int known_flags) {
   // statx for the type alone, AT_STATX_DONT_SYNC: no attribute refresh (an NFS getattr, a FUSE
   // round trip) on the submitting thread.
   struct statx stx;
   if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE, &stx) != 0) return Kind::kFile;
   if (S_ISFIFO(stx.stx_mode) || S_ISSOCK(stx.stx_mode)) return Kind::kStream;
   if (S_ISCHR(stx.stx_mode)) return Kind::kCharDevice;
-  const int flags = fcntl(fd, F_GETFL);
+  const int flags = known_flags >= 0 ? known_flags : fcntl(fd, F_GETFL);
   if (flags >= 0 && (flags & O_APPEND)) return Kind::kAppendFile;
   return flags >= 0 && (flags & O_DIRECT) ? Kind::kDirectFile : Kind::kFile;
 }

@@ -60,9 +60,10 @@ class StreamLanes {
   // kFile: a regular file or block device, buffered; kDirectFile: the same opened O_DIRECT (its
   // order is free too; the pool runs buffered writes one per fd, these not).
   enum class Kind : uint8_t { kUnknown = 0, kFile, kAppendFile, kStream, kCharDevice, kDirectFile };
-  // Looks at the descriptor (statx, and F_GETFL for a regular file). An fd statx refuses is kFile:
-  // the kernel gives the request its error (EBADF) the usual way.
-  static Kind Classify(int fd);
+  // Looks at the descriptor (statx, and F_GETFL for a regular file unless `known_flags`, the
+  // caller's F_GETFL of it, is >= 0). An fd statx refuses is kFile: the kernel gives the request
+  // its error (EBADF) the usual way.
+  static Kind Classify(int fd, int known_flags = -1);
   static Order OrderFor(Kind kind, short opcode);
 
   explicit StreamLanes(Engine& engine);
