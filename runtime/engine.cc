@@ -140,6 +140,7 @@ uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
   slot.cb.data = reinterpret_cast<void*>(static_cast<uintptr_t>(index));
   io_set_eventfd(&slot.cb, kernel_efd_.get());
   slot.flags = 0;
+  slot.file_flags = -1;  // not looked at (Describe stores the client's look, if it made one)
   // relaxed, through atomic_ref: a Cancel holding a stale ticket may read it at any time (and
   // finds the generation changed); every write of `partial` is atomic for that reason.
   std::atomic_ref<uint64_t>(slot.partial).store(0, std::memory_order_relaxed);
