@@ -3,6 +3,7 @@
 #ifndef KAIO_RUNTIME_ENGINE_INTERNAL_H_
 #define KAIO_RUNTIME_ENGINE_INTERNAL_H_
 
+#include <fcntl.h>
 #include <libaio.h>
 #include <pthread.h>
 #include <sched.h>
@@ -57,6 +58,17 @@ inline bool IsReadOrWrite(short opcode) {
 constexpr unsigned kIocbFlagResfd = 1u << 0;
 
 inline bool IsVectored(short opcode) { return opcode == IO_CMD_PREADV || opcode == IO_CMD_PWRITEV; }
+
+inline bool IsWrite(short opcode) { return opcode == IO_CMD_PWRITE || opcode == IO_CMD_PWRITEV; }
+
+// A refused write on its way to the pool, past MoveToLane (so no stream or O_APPEND file): if its
+// fd is buffered (`file_flags`, its F_GETFL, without O_DIRECT), the pool runs it in the fd's lane,
+// one at a time with the fd's others (see PoolQueue).
+inline void MarkBufferedFileWrite(core::Slot& slot, int file_flags) {
+  if (IsWrite(slot.cb.aio_lio_opcode) && file_flags >= 0 && !(file_flags & O_DIRECT)) {
+    slot.flags |= core::kSlotFileWrite;
+  }
+}
 
 inline absl::Status NameAndPin(std::thread& thread, const std::string& name, int cpu) {
   std::string short_name = name.substr(0, 15);  // the kernel keeps 15 characters

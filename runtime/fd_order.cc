@@ -33,11 +33,6 @@ using core::ClassifySubmitError;
 
 // ---------------------------------------------------------------- call order per fd
 
-namespace {
-bool IsWriteOp(short opcode) { return opcode == IO_CMD_PWRITE || opcode == IO_CMD_PWRITEV; }
-
-}  // namespace
-
 StreamLanes::Order Engine::DispatchOrder(core::Slot& slot, bool lone_may_go, KindCache* cache) {
   const int fd = slot.cb.aio_fildes;
   const short op = slot.cb.aio_lio_opcode;
@@ -50,7 +45,7 @@ StreamLanes::Order Engine::DispatchOrder(core::Slot& slot, bool lone_may_go, Kin
   if (fd < 0 || fd >= kFdKinds) return StreamLanes::OrderFor(classify(), op);  // untracked: always look
   if (slot.flags & core::kSlotCounted) return StreamLanes::Order::kFree;  // back from the kernel: decided
   FdOrderState& state = fd_order_[fd];
-  const int dir = IsWriteOp(op) ? 1 : 0;
+  const int dir = IsWrite(op) ? 1 : 0;
   slot.flags |= core::kSlotCounted;
   // seq_cst, with Uncount's CAS: read-modify-writes of one variable are totally ordered in any
   // order, so the request that ends a busy period and the one that starts the next agree on which
@@ -91,7 +86,7 @@ bool Engine::NothingOutside(int fd, bool write) {
 void Engine::LeaveOutside(int fd, short op) {
   FdOrderState& state = fd_order_[fd];
   // seq_cst: see NothingOutside.
-  if (state.outside[IsWriteOp(op) ? 1 : 0].fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+  if (state.outside[IsWrite(op) ? 1 : 0].fetch_sub(1, std::memory_order_seq_cst) == 1 &&
       state.lane_waits.load(std::memory_order_seq_cst) && state.lane_waits.exchange(false, std::memory_order_seq_cst)) {
     lanes_->Ready(fd);
   }

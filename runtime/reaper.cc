@@ -195,12 +195,7 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
       }
       return;
     }
-    // A buffered write to a file (MoveToLane took the streams and O_APPEND ones): one at a time per
-    // fd in the pool (see PoolQueue).
-    if (fl >= 0 && !(fl & O_DIRECT) &&
-        (slot.cb.aio_lio_opcode == IO_CMD_PWRITE || slot.cb.aio_lio_opcode == IO_CMD_PWRITEV)) {
-      slot.flags |= core::kSlotFileWrite;
-    }
+    MarkBufferedFileWrite(slot, fl);
     if (core::Move(slot, word, SlotState::kPoolQueued)) {
       PoolPush(index);
     }

@@ -369,12 +369,11 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
         // Move below checks it again.
         uint64_t w = slot.word.load(std::memory_order_acquire);
         if (MoveToLane(index, w)) break;
-        if (slot.cb.aio_lio_opcode == IO_CMD_PWRITE || slot.cb.aio_lio_opcode == IO_CMD_PWRITEV) {
+        if (IsWrite(slot.cb.aio_lio_opcode)) {
           // A filesystem without RWF_NOWAIT at all says so here, for every write (ext4 says it in
           // the completion of each buffered one: RouteKernelResult): the same two consequences.
           write_refusals_.Refused(slot.cb.aio_fildes);
-          const int fl = fcntl(slot.cb.aio_fildes, F_GETFL);
-          if (fl >= 0 && !(fl & O_DIRECT)) slot.flags |= core::kSlotFileWrite;
+          MarkBufferedFileWrite(slot, fcntl(slot.cb.aio_fildes, F_GETFL));
         }
         if (core::Move(slot, w, SlotState::kPoolQueued)) {
           PoolPush(index);
