@@ -4,7 +4,7 @@
 //   - posix/aiocb_words.h: kaio's words in the aiocb (results, ticket, owner);
 //   - posix/waiting.h: the completion futex that aio_suspend and lio_listio(LIO_WAIT) sleep on;
 //   - posix/notifier.h: sigevents and the SIGEV_THREAD threads;
-//   - posix/records.h: a request, and the records parallel to the engine's slots;
+//   - posix/records.h: a request, and its record in the engine's slot;
 //   - posix/state.h: the process-wide State (submission, completion, cancel: state.cc, cancel.cc);
 //   - posix/orderer.h: O_APPEND writes and aio_fsync held back behind earlier writes;
 //   - posix/startup.h: start-up, fork and exit.

@@ -21,6 +21,7 @@
 #include <libaio.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -58,6 +59,21 @@ constexpr uint32_t NextGeneration(uint32_t generation) {
 }
 
 class CompletionSink;
+
+// What a client keeps of its own per request, in the request's slot (the POSIX layer: its aiocb,
+// sigevent, lio_listio group and cancel state), so that no client needs a table beside the slots.
+// The engine never reads, writes or clears it, and it stays as it is when the slot is freed and
+// claimed again: a client may keep there what other threads read at any time, also while the
+// slot is being reused (the POSIX layer's scans for aio_cancel(fd, NULL) and aio_fsync).
+//   words: atomics any thread may read (0 until the client first stores them);
+//   bytes: what only the request's holder reads, copied in and out (trivially copyable objects),
+//          ordered by the slot's hand-offs like the iocb.
+struct ClientRecord {
+  static constexpr size_t kWords = 3;
+  static constexpr size_t kBytes = 64;
+  std::atomic<uint64_t> words[kWords]{};
+  alignas(16) unsigned char bytes[kBytes]{};
+};
 
 // Slot flags: how the request may be run.
 enum SlotFlags : uint32_t {
@@ -98,6 +114,9 @@ struct alignas(64) Slot {
   // that publishes the request; relaxed everywhere, since a reader that is not the owner only
   // compares it, and any value it may see other than its ticket's means "not this request".
   std::atomic<uint64_t> serial{0};
+  // The client's own record of the request (see ClientRecord): last, on lines of its own, since
+  // only the client's two ends (describing, delivering) touch it.
+  alignas(64) ClientRecord client;
 };
 
 // The slab. Slots never move: chunks of kChunkSize are allocated as the number of live requests

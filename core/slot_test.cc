@@ -202,5 +202,25 @@ TEST(SlotTable, ConcurrentAcquireAndReleaseNeverShareASlot) {
   EXPECT_EQ(table.allocated(), SlotTable::kChunkSize) << "12 slots held at once need one chunk";
 }
 
+TEST(SlotTable, AClientRecordSurvivesFreeAndTheSlotsNextClaim) {
+  // A client (the POSIX layer) keeps its record of a request in the slot and reads its words while
+  // the slot is reused: neither Free nor Acquire may clear or move them.
+  SlotTable table(4);
+  const uint32_t index = table.Acquire();
+  ASSERT_NE(index, SlotTable::kNoSlot);
+  ClientRecord& client = table.at(index).client;
+  for (size_t i = 0; i < ClientRecord::kWords; ++i) {
+    EXPECT_EQ(client.words[i].load(), 0u) << "a slot's client words start at 0";
+    client.words[i].store(0x1000 + i);
+  }
+  for (size_t i = 0; i < ClientRecord::kBytes; ++i) client.bytes[i] = static_cast<unsigned char>(i + 1);
+  const uint64_t word = table.at(index).word.load();
+  ASSERT_TRUE(table.Free(index, word));
+  EXPECT_EQ(table.Acquire(), index) << "the free stack gives the slot just freed";
+  EXPECT_EQ(&table.at(index).client, &client) << "slots never move";
+  for (size_t i = 0; i < ClientRecord::kWords; ++i) EXPECT_EQ(client.words[i].load(), 0x1000 + i) << i;
+  for (size_t i = 0; i < ClientRecord::kBytes; ++i) EXPECT_EQ(client.bytes[i], i + 1) << i;
+}
+
 }  // namespace
 }  // namespace kaio::core

@@ -50,7 +50,7 @@ inline AliasedWord* MetaWord(const struct aiocb* cb, int i) {
 // Word 0: the ticket (generation << 32 | slot) of the request's current slot; kTicketPending while
 // the orderer holds it back; 0 when it has none.
 constexpr uint64_t kTicketPending = ~uint64_t{0};
-// acquire / release: State::Prepare fills the slot's Record (its chunk allocated, its state stored)
+// acquire / release: State::Prepare fills the slot's Record (its fields, then its state)
 // before StoreTicket publishes the ticket, so a canceller that loads a ticket finds that Record (of
 // this generation, or a later one). kTicketPending and 0 publish nothing: the orderer's mutex and
 // the owner word order those.

@@ -9,7 +9,6 @@
 #include <cstdint>
 
 #include "absl/status/statusor.h"
-#include "core/slot.h"
 #include "kaio/types.h"
 #include "posix/aiocb_words.h"
 #include "posix/orderer.h"
@@ -17,25 +16,25 @@
 
 namespace kaio::posix {
 
-using core::SlotState;
-
-void State::WaitSettled(const Record& rec, uint32_t generation) const {
+void State::WaitSettled(Record rec, uint32_t generation) const {
   // The slot reached kCompleted, so its Deliver is running now on the thread that completed it (or a
   // canceller that won is publishing): this wait is a few hundred instructions at most.
   for (int spins = 0;; ++spins) {
     // acquire: pairs with the release of kFinal (after Publish) or of a later generation's Prepare
     // (after this one's slot was freed): on kSettled the caller's LoadError finds the result.
-    uint64_t state = rec.state.load(std::memory_order_acquire);
+    uint64_t state = rec.state().load(std::memory_order_acquire);
     if (static_cast<uint32_t>(state >> kStateShift) != generation || (state & kFinal)) return;
     if (spins > 100) sched_yield();
   }
 }
 
 CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct aiocb* cb) {
-  Record* rec = records_.TryAt(index);
-  if (rec == nullptr) return CancelOutcome::kAllDone;
+  // The index is the aiocb's, from the program's memory: checked against the slots that exist.
+  core::ClientRecord* client = engine_.ClientRecordOf(index);
+  if (client == nullptr) return CancelOutcome::kAllDone;
+  const Record rec(*client);
   // acquire: pairs with Prepare's release store of `state` (this generation's, or a later one's).
-  uint64_t state = rec->state.load(std::memory_order_acquire);
+  uint64_t state = rec.state().load(std::memory_order_acquire);
   if (static_cast<uint32_t>(state >> kStateShift) != generation || (state & kFinal)) return CancelOutcome::kRetry;
   absl::StatusOr<CancelResult> engine_result = engine_.Cancel(index, generation);
   if (!engine_result.ok()) return CancelOutcome::kRetry;  // stale, or still being launched
@@ -43,7 +42,7 @@ CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct a
     case CancelResult::kNotCanceled:
       return CancelOutcome::kNotCanceled;
     case CancelResult::kAllDone:
-      WaitSettled(*rec, generation);
+      WaitSettled(rec, generation);
       return CancelOutcome::kRetry;
     case CancelResult::kCanceled:
       break;
@@ -53,14 +52,14 @@ CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct a
   // nothing Deliver needs (kCancelDone's does, below). acquire on failure is more than needed: the
   // value is unused and WaitSettled loads the state again.
   uint64_t expected = uint64_t{generation} << kStateShift;
-  if (rec->state.compare_exchange_strong(expected, expected | kCancelWon, std::memory_order_acq_rel,
+  if (rec.state().compare_exchange_strong(expected, expected | kCancelWon, std::memory_order_acq_rel,
                                          std::memory_order_acquire)) {
     // Ours: publish ECANCELED now (the engine may hand the slot back much later, when its holder
     // gets to it), notify, and leave the slot to whichever of us and Deliver finishes last.
-    // relaxed: ordered by the CAS's acquire, as the plain fields next to it.
-    struct aiocb* target = rec->cb.load(std::memory_order_relaxed);
-    Notification n = rec->notification;
-    LioGroup* group = rec->group;
+    // Ordered by the CAS's acquire (the target and the plain part).
+    struct aiocb* target = rec.cb();
+    RecordPlain plain = rec.plain();
+    Notification& n = plain.notification;
     int64_t result = -ECANCELED;
     ClaimNotifyThread(&n, &result);
     if (n.signal_fails) result = -EINVAL;  // glibc's answer (see Notification::signal_fails)
@@ -70,15 +69,15 @@ CancelOutcome State::CancelRequest(uint32_t index, uint32_t generation, struct a
     // halves: if Deliver came first (kDelivered in prev), its release lets this thread free the
     // slot after Deliver's reads of it; if Deliver comes later, its acquire of this release lets it
     // free the slot after everything this thread did to the record.
-    rec->state.fetch_or(kFinal, std::memory_order_acq_rel);
-    uint64_t prev = rec->state.fetch_or(kCancelDone, std::memory_order_acq_rel);
-    if (prev & kDelivered) FreeSlot(index, core::PackWord(generation, SlotState::kCompleted));
+    rec.state().fetch_or(kFinal, std::memory_order_acq_rel);
+    uint64_t prev = rec.state().fetch_or(kCancelDone, std::memory_order_acq_rel);
+    if (prev & kDelivered) engine_.FreeDelivered(index, generation);
     CountCancelled();
-    AfterCompletion(n, group);
+    AfterCompletion(n, plain.group);
     return CancelOutcome::kCanceled;
   }
   // Deliver (or another canceller) got there first; it publishes ECANCELED momentarily.
-  WaitSettled(*rec, generation);
+  WaitSettled(rec, generation);
   if (cb == nullptr) return CancelOutcome::kCanceled;
   // A cancelled request reports ECANCELED, or EINVAL when its signal number is bad (glibc's answer,
   // see Notification::signal_fails; the record may be another request's by now, so not read).
@@ -113,15 +112,14 @@ int State::CancelAiocb(struct aiocb* cb) {
 int State::CancelFd(int fd) {
   bool any_cancelled = orderer_->CancelFd(fd) > 0;
   bool any_running = false;
-  uint32_t count = engine_.slots().allocated();
+  const uint32_t count = engine_.slot_count();
   for (uint32_t index = 0; index < count; ++index) {
-    Record* rec = records_.TryAt(index);
-    if (rec == nullptr) continue;
+    const Record rec(*engine_.ClientRecordOf(index));
     // acquire: pairs with Prepare's release store of `state`, so fd (relaxed, below) is this
     // generation's or a later one's; CancelRequest checks the generation again.
-    uint64_t state = rec->state.load(std::memory_order_acquire);
+    uint64_t state = rec.state().load(std::memory_order_acquire);
     if (state == 0 || (state & kFinal)) continue;
-    if (rec->fd.load(std::memory_order_relaxed) != fd) continue;
+    if (rec.fd() != fd) continue;
     switch (CancelRequest(index, static_cast<uint32_t>(state >> kStateShift), nullptr)) {
       case CancelOutcome::kCanceled:
         any_cancelled = true;

@@ -1,20 +1,19 @@
 // posix/records.h: what the POSIX layer keeps per request. A Request is an aiocb as read at
-// submission. A Record is the POSIX side of one engine slot, in a table (Records) parallel to the
-// engine's slots and indexed the same way: the aiocb, its sigevent, its lio_listio group, and the
-// atomics other threads may read at any time (fd, kind, state). A Dep names one record's request
-// (slot and generation), for the orderer and aio_fsync. A LioGroup counts a list's members.
+// submission. A Record is the POSIX side of one engine slot, kept in the slot itself (the engine's
+// core::ClientRecord, which it never touches): the aiocb, its sigevent, its lio_listio group, and
+// the atomics other threads may read at any time (fd, kind, state). A Dep names one record's
+// request (slot and generation), for the orderer and aio_fsync. A LioGroup counts a list's members.
 //
-// Threading: Records::Ensure may be called from any thread (a mutex guards a chunk's allocation);
-// TryAt and at never block. A Record's atomics may be read by any thread at any time, also while
-// its slot is being reused (aio_cancel(fd, NULL) and aio_fsync scan every record); its plain fields
-// belong to whoever holds the request.
+// Threading: a Record's atomics may be read by any thread at any time, also while its slot is
+// being reused (aio_cancel(fd, NULL) and aio_fsync scan every slot); its plain part belongs to
+// whoever holds the request.
 //
-// Memory ordering: a chunk is published with a release store and found with an acquire load. A
-// record's plain fields are written before its slot is queued and read by whoever finalizes the
-// request, ordered by the engine's slot transitions or by the canceller's CAS on `state`; `state`
-// is stored with release after the fields (State::Prepare), so a scanner that acquires it sees them.
+// Memory ordering: a record's plain part is written before its slot is queued and read by whoever
+// finalizes the request, ordered by the engine's slot transitions or by the canceller's CAS on
+// `state`; `state` is stored with release after the rest (State::Prepare), so a scanner that
+// acquires it sees them.
 //
-// Relies on: core/slot.h (the slots' chunk size, kNoSlot, the slot flags a Request carries).
+// Relies on: core/slot.h (ClientRecord, kNoSlot).
 #ifndef KAIO_POSIX_RECORDS_H_
 #define KAIO_POSIX_RECORDS_H_
 
@@ -23,8 +22,8 @@
 
 #include <atomic>
 #include <cstdint>
-#include <memory>
-#include <mutex>
+#include <cstring>
+#include <type_traits>
 
 #include "core/slot.h"
 #include "posix/notifier.h"
@@ -68,62 +67,54 @@ enum RecordBits : uint64_t {
   kFinal = 8,        // the aiocb holds its final result
 };
 
-struct alignas(64) Record {
-  std::atomic<uint64_t> state{0};
-  // Read by scans (aio_cancel(fd, NULL), aio_fsync) of slots that may be reused under them: atomic.
-  std::atomic<int> fd{-1};
-  std::atomic<Op> op{Op::kNone};
-  std::atomic<struct aiocb*> cb{nullptr};
-  // Plain: written before the slot is queued; read by whoever finalizes (ordered by the engine's
-  // slot transitions, or by the canceller's CAS on `state`).
+// What only the request's holder reads (the finalizer: Deliver or the winning canceller).
+struct RecordPlain {
   Notification notification;
   LioGroup* group = nullptr;
 };
 
-// Records parallel to the engine's slots, allocated in the same chunks, lazily.
-class Records {
+// The POSIX side of one request: a view of its engine slot's client record (core::ClientRecord),
+// which the engine keeps as it is across the slot's reuse. Its words:
+//   state       generation << kStateShift | RecordBits: the cancel/deliver handshake;
+//   fd and op   one word (fd in the low 32 bits, op above), so a scan reads a consistent pair;
+//   cb          the aiocb.
+// The scans read them at any time, also while the slot is being reused; the plain part
+// (RecordPlain) is copied in by Prepare before the slot is queued and out by the finalizer,
+// ordered by the engine's slot transitions or by the canceller's CAS on `state`.
+class Record {
  public:
-  static constexpr uint32_t kChunkBits = core::SlotTable::kChunkBits;
-  static constexpr uint32_t kChunkSize = core::SlotTable::kChunkSize;
+  explicit Record(core::ClientRecord& client) : client_(client) {}
 
-  explicit Records(uint32_t max_slots)
-      : max_chunks_((max_slots + kChunkSize - 1) / kChunkSize), chunks_(new std::atomic<Record*>[max_chunks_]) {
-    // relaxed: the table is not shared yet (its State is published by g_state's release store).
-    for (uint32_t i = 0; i < max_chunks_; ++i) chunks_[i].store(nullptr, std::memory_order_relaxed);
-  }
-  ~Records() {
-    // relaxed: a destructor runs when no other thread can use the table.
-    for (uint32_t i = 0; i < max_chunks_; ++i) delete[] chunks_[i].load(std::memory_order_relaxed);
-  }
-  Records(const Records&) = delete;
-  Records& operator=(const Records&) = delete;
+  std::atomic<uint64_t>& state() const { return client_.words[0]; }
 
-  Record* TryAt(uint32_t index) const {
-    uint32_t chunk = index >> kChunkBits;
-    if (chunk >= max_chunks_) return nullptr;
-    // acquire: pairs with the release that published the chunk.
-    Record* records = chunks_[chunk].load(std::memory_order_acquire);
-    return records == nullptr ? nullptr : &records[index & (kChunkSize - 1)];
+  // relaxed, all four: published by the release store of `state` (Prepare), which a scanner or
+  // canceller acquires before it reads them, and to the request's completer by the slot's
+  // release hand-off.
+  void SetTarget(int fd, Op op, struct aiocb* cb) const {
+    client_.words[1].store(uint64_t{static_cast<uint32_t>(fd)} | uint64_t{static_cast<uint8_t>(op)} << 32,
+                           std::memory_order_relaxed);
+    client_.words[2].store(reinterpret_cast<uintptr_t>(cb), std::memory_order_relaxed);
   }
-  Record& at(uint32_t index) const { return *TryAt(index); }
-  Record& Ensure(uint32_t index) {
-    if (Record* r = TryAt(index)) return *r;
-    std::lock_guard<std::mutex> lock(mu_);
-    uint32_t chunk = index >> kChunkBits;
-    // relaxed: under mu_, which every store of a chunk pointer holds: the mutex orders this load.
-    Record* records = chunks_[chunk].load(std::memory_order_relaxed);
-    if (records == nullptr) {
-      records = new Record[kChunkSize];
-      // release: pairs with TryAt's acquire: a thread that finds the chunk finds its Records built.
-      chunks_[chunk].store(records, std::memory_order_release);
-    }
-    return records[index & (kChunkSize - 1)];
+  int fd() const { return static_cast<int>(static_cast<uint32_t>(client_.words[1].load(std::memory_order_relaxed))); }
+  Op op() const { return static_cast<Op>(static_cast<uint8_t>(client_.words[1].load(std::memory_order_relaxed) >> 32)); }
+  struct aiocb* cb() const {
+    return reinterpret_cast<struct aiocb*>(static_cast<uintptr_t>(client_.words[2].load(std::memory_order_relaxed)));
+  }
+
+  void SetPlain(const RecordPlain& plain) const { std::memcpy(client_.bytes, &plain, sizeof(plain)); }
+  RecordPlain plain() const {
+    RecordPlain plain;
+    std::memcpy(&plain, client_.bytes, sizeof(plain));
+    return plain;
   }
 
  private:
-  const uint32_t max_chunks_;
-  std::unique_ptr<std::atomic<Record*>[]> chunks_;
-  std::mutex mu_;
+  static_assert(std::is_trivially_copyable_v<RecordPlain>, "copied in and out of the slot's bytes");
+  static_assert(sizeof(RecordPlain) <= core::ClientRecord::kBytes, "RecordPlain must fit the slot's bytes");
+  static_assert(alignof(RecordPlain) <= alignof(core::ClientRecord), "RecordPlain's alignment");
+  static_assert(core::ClientRecord::kWords >= 3, "state, fd and op, cb");
+
+  core::ClientRecord& client_;
 };
 
 struct Dep {

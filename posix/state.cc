@@ -26,9 +26,6 @@
 
 namespace kaio::posix {
 
-using core::SlotState;
-using core::WordGeneration;
-
 std::atomic<State*> g_state{nullptr};
 
 namespace {
@@ -76,7 +73,6 @@ State::State(std::unique_ptr<Service> service, const PosixOptions& options)
       engine_(runtime::ServiceAccess::EngineOf(*service_)),
       pid_(getpid()),
       uid_(getuid()),
-      records_(static_cast<uint32_t>(options.service.max_requests)),
       sink_(*this),
       orderer_(std::make_unique<Orderer>(*this)) {
   engine_.RegisterSink(&sink_);
@@ -184,16 +180,13 @@ uint32_t State::Prepare(const Request& req, uint32_t* generation_out) {
       engine_.Describe(index, req.fd, IoOpcode(req.op), IsSync(req.op) ? nullptr : req.buf,
                        IsSync(req.op) ? 0 : req.nbytes, IsSync(req.op) ? 0 : req.offset, /*serial=*/0,
                        req.file_flags);
-  Record& rec = records_.Ensure(index);
-  // relaxed: published to scans by the release store of `state` below, and to the request's
-  // completer by the slot's release hand-off (Launch), as the plain fields after them.
-  rec.fd.store(req.fd, std::memory_order_relaxed);
-  rec.op.store(req.op, std::memory_order_relaxed);
-  rec.cb.store(req.cb, std::memory_order_relaxed);
-  rec.notification = req.notification;
-  rec.group = req.group;
+  // The slot exists (it was just claimed), so its record does.
+  Record rec(*engine_.ClientRecordOf(index));
+  rec.SetTarget(req.fd, req.op, req.cb);
+  // Published to the request's completer by the slot's release hand-off (Launch).
+  rec.SetPlain(RecordPlain{req.notification, req.group});
   // release: a scanner or canceller that acquires the state sees the fields above.
-  rec.state.store(uint64_t{generation} << kStateShift, std::memory_order_release);
+  rec.state().store(uint64_t{generation} << kStateShift, std::memory_order_release);
   StoreTicket(req.cb, core::PackTicket(generation, index));
   if (generation_out != nullptr) *generation_out = generation;
   return index;
@@ -217,44 +210,34 @@ void State::Launch(uint32_t index) {
 }
 
 void State::OnDeliver(uint32_t index) {
-  core::Slot& slot = engine_.slots().at(index);
-  // acquire, though here it pairs with no other thread: Deliver runs on the thread whose CAS
-  // (Engine::Complete) moved the slot into kCompleted after storing the result, and nobody else
-  // moves the completed slot before kDelivered is set below, so this reads that thread's own
-  // write. What the request's earlier hops did reached this thread through the engine's acquires.
-  uint64_t word = slot.word.load(std::memory_order_acquire);
-  // relaxed: stored by this thread before its CAS into kCompleted; atomic only for the engine's
-  // readers of stale tickets.
-  int64_t result = slot.result.load(std::memory_order_relaxed);
-  Record& rec = records_.at(index);
+  const runtime::Engine::Delivered delivered = engine_.TakeDelivered(index);
+  Record rec(*engine_.ClientRecordOf(index));
   // acq_rel: acquire, so a canceller that won (kCancelWon, and kCancelDone once it is finished) is
   // seen with all it did to the record and the aiocb before this thread frees the slot; release, so
   // a canceller that finds kDelivered in its fetch_or of kCancelDone frees the slot only after this
   // thread's reads of it above.
-  uint64_t prev = rec.state.fetch_or(kDelivered, std::memory_order_acq_rel);
+  uint64_t prev = rec.state().fetch_or(kDelivered, std::memory_order_acq_rel);
   if (prev & kCancelWon) {
     // aio_cancel published ECANCELED; the slot is freed by whichever of us finishes last.
-    if (prev & kCancelDone) FreeSlot(index, word);
+    if (prev & kCancelDone) engine_.FreeDelivered(index, delivered.generation);
     return;
   }
   // The engine's result is the whole answer: a short RWF_NOWAIT read or write it finished in its
   // pool (Slot::partial), so what is short here is short for a blocking call too (end of file,
   // a full disk), as glibc's one pread or pwrite per request.
-  int64_t final_result = result;
-  // relaxed: stored by Prepare before the slot's release hand-off, which the engine acquired
-  // before Deliver; the plain fields after it are ordered the same way.
-  struct aiocb* cb = rec.cb.load(std::memory_order_relaxed);
-  Notification n = rec.notification;
-  LioGroup* group = rec.group;
-  ClaimNotifyThread(&n, &final_result);
-  if (n.signal_fails) final_result = -EINVAL;  // glibc's answer (see Notification::signal_fails)
+  int64_t final_result = delivered.result;
+  // Stored by Prepare before the slot's release hand-off, which the engine acquired before Deliver.
+  struct aiocb* cb = rec.cb();
+  RecordPlain plain = rec.plain();
+  ClaimNotifyThread(&plain.notification, &final_result);
+  if (plain.notification.signal_fails) final_result = -EINVAL;  // glibc's answer (see Notification::signal_fails)
   Publish(cb, final_result);  // from here on the aiocb is the program's again
   // kFinal, acq_rel for its release half: Publish came first, so a thread that acquires kFinal
   // (State::Done for the orderer, the scans, a canceller's WaitSettled) finds the result in the
   // aiocb and the request's work done; the acquire half orders nothing here.
-  rec.state.fetch_or(kFinal, std::memory_order_acq_rel);
-  FreeSlot(index, word);
-  AfterCompletion(n, group);
+  rec.state().fetch_or(kFinal, std::memory_order_acq_rel);
+  engine_.FreeDelivered(index, delivered.generation);
+  AfterCompletion(plain.notification, plain.group);
 }
 
 void State::Finish(struct aiocb* cb, int64_t result, const Notification& notification, LioGroup* group) {
@@ -329,17 +312,15 @@ void State::SendSignal(const Notification& n) {
 
 std::vector<Dep> State::ScanWrites(int fd) const {
   std::vector<Dep> deps;
-  uint32_t count = engine_.slots().allocated();
+  const uint32_t count = engine_.slot_count();
   for (uint32_t index = 0; index < count; ++index) {
-    const Record* rec = records_.TryAt(index);
-    if (rec == nullptr) continue;
+    const Record rec(*engine_.ClientRecordOf(index));
     // acquire: pairs with Prepare's release store of `state`, so op and fd (relaxed, below) are
     // this generation's or a later one's; a later one's means this generation is done, and then the
     // dep (or its absence) is right either way.
-    uint64_t state = rec->state.load(std::memory_order_acquire);
+    uint64_t state = rec.state().load(std::memory_order_acquire);
     if (state == 0 || (state & kFinal)) continue;
-    if (rec->op.load(std::memory_order_relaxed) != Op::kWrite) continue;
-    if (rec->fd.load(std::memory_order_relaxed) != fd) continue;
+    if (rec.op() != Op::kWrite || rec.fd() != fd) continue;
     // If the slot was reused since `state` was read, the dep is simply already done.
     deps.push_back(Dep{index, static_cast<uint32_t>(state >> kStateShift)});
   }
@@ -347,14 +328,14 @@ std::vector<Dep> State::ScanWrites(int fd) const {
 }
 
 bool State::Done(const Dep& dep) const {
-  const Record* rec = records_.TryAt(dep.index);
-  if (rec == nullptr) return true;
+  core::ClientRecord* client = engine_.ClientRecordOf(dep.index);
+  if (client == nullptr) return true;
   // acquire: pairs with the release of kFinal (after Publish and the request's work), or of a later
   // generation's Prepare (after this one's slot was freed), so what the orderer releases after this
   // returns true comes after the request. The orderer's thread loads it after announcing itself on
   // the completion word, and a completer sets kFinal before WakeWaiters' add: see WakeWaiters for
   // why an acquire here is enough.
-  uint64_t state = rec->state.load(std::memory_order_acquire);
+  uint64_t state = Record(*client).state().load(std::memory_order_acquire);
   return static_cast<uint32_t>(state >> kStateShift) != dep.generation || (state & kFinal) != 0;
 }
 

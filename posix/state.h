@@ -12,9 +12,9 @@
 //   - One process-wide State (a kaio Service with its own CompletionSink), created on the first
 //     submission and never destroyed (requests may be in flight at exit; their buffers are the
 //     program's). fork() children start their own on their first submission.
-//   - A request is an engine slot plus a Record, a parallel table indexed by slot, holding what the
-//     POSIX layer needs at completion (the aiocb, its sigevent, its lio_listio group) and the atomics
-//     other threads may read at any time (fd, kind, state). The aiocb itself carries the results in
+//   - A request is an engine slot and, in it, a Record (the slot's client record, which the engine
+//     never touches): what the POSIX layer needs at completion (the aiocb, its sigevent, its
+//     lio_listio group) and the atomics other threads may read at any time (fd, kind, state). The aiocb itself carries the results in
 //     glibc's own fields (__error_code, __return_value) plus two words of kaio's in __glibc_reserved:
 //     the ticket of its current slot (for aio_cancel) and an owner word (a magic number and the pid).
 //   - Completion: the engine calls Sink::Deliver once per slot, on whichever thread finished it. It
@@ -33,10 +33,10 @@
 // acquire/seq_cst, so the return value and the data written by a worker thread are visible after.
 // Waiters and wakers meet on one futex word, g_completion_word (posix/waiting.cc).
 //
-// Relies on: runtime/engine.h (Claim, Enqueue, EnqueueDeferred and SubmitInline, EnqueueToPool,
-// Cancel, RegisterSink) and, for a slot it claimed, core/slot.h's fields: Prepare fills the iocb and
-// the flags before the slot is queued, OnDeliver reads the word, the result and the flags, and the
-// slot goes back through SlotTable::Free (FreeSlot).
+// Relies on: runtime/engine.h, as a client of the engine: Claim, Describe, Enqueue, EnqueueDeferred
+// and SubmitInline, Cancel, RegisterSink; the slot's client record (ClientRecordOf, slot_count),
+// the result at delivery (TakeDelivered) and the slot's release (FreeDelivered). Nothing here
+// reads or writes a slot's state, iocb or flags.
 #ifndef KAIO_POSIX_STATE_H_
 #define KAIO_POSIX_STATE_H_
 
@@ -167,11 +167,10 @@ class State {
   };
 
   int SubmitNow(const Request& req, SubmitRoute route, bool* flush);
-  void FreeSlot(uint32_t index, uint64_t word) { engine_.slots().Free(index, word); }
   CancelOutcome CancelRequest(uint32_t index, uint32_t generation, struct aiocb* cb);
   // Until the request of that generation holds its final result (a completer or canceller is
   // publishing it: a few hundred instructions at most).
-  void WaitSettled(const Record& rec, uint32_t generation) const;
+  void WaitSettled(Record rec, uint32_t generation) const;
   void ClaimNotifyThread(Notification* n, int64_t* result);
   void AfterCompletion(const Notification& n, LioGroup* group);
   void Notify(const Notification& n);
@@ -182,7 +181,6 @@ class State {
   runtime::Engine& engine_;
   const pid_t pid_;
   const uid_t uid_;
-  Records records_;
   Sink sink_;
   Notifier notifier_;
   std::unique_ptr<Orderer> orderer_;

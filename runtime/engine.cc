@@ -149,6 +149,7 @@ uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
   slot.result.store(0, std::memory_order_relaxed);
   slot.sink.store(&sink, std::memory_order_relaxed);
   slot.mailbox_next = 0;
+  // slot.client is left as it is: the client's, read by its scans across reuse (core::ClientRecord).
   return index;
 }
 
@@ -169,6 +170,22 @@ uint32_t Engine::Describe(uint32_t index, int fd, short opcode, void* buf, uint6
 void Engine::Unclaim(uint32_t index) {
   // relaxed: a claimed slot is ours alone, so the word is the one Claim stored; Free's CAS checks it.
   slots_.Free(index, slots_.at(index).word.load(std::memory_order_relaxed));
+}
+
+Engine::Delivered Engine::TakeDelivered(uint32_t index) const {
+  const core::Slot& slot = slots_.at(index);
+  // acquire, though here it pairs with no other thread: Deliver runs on the thread whose CAS
+  // (Complete) moved the slot into kCompleted after storing the result, and nobody else moves a
+  // completed slot of a self-freeing sink until it calls FreeDelivered, so this reads that thread's
+  // own write. What the request's earlier hops did reached this thread through the engine's acquires.
+  const uint64_t word = slot.word.load(std::memory_order_acquire);
+  // relaxed: stored by this thread before its CAS into kCompleted; atomic only for readers of
+  // stale tickets.
+  return Delivered{slot.result.load(std::memory_order_relaxed), WordGeneration(word)};
+}
+
+void Engine::FreeDelivered(uint32_t index, uint32_t generation) {
+  slots_.Free(index, core::PackWord(generation, SlotState::kCompleted));
 }
 
 bool Engine::QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submitter_sleeps) {

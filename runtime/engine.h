@@ -137,6 +137,25 @@ class Engine {
                     uint64_t serial, int file_flags = -1);
   // Gives a claimed slot back unsubmitted.
   void Unclaim(uint32_t index);
+
+  // For a client whose sink frees its slots itself (the POSIX layer, which has no mailbox): its own
+  // record of each request (core::ClientRecord), the result at delivery, and the slot's release.
+  // The client's record of the request in slot `index`, or null for an index no slot has (an index
+  // read from a program's memory is checked here first).
+  core::ClientRecord* ClientRecordOf(uint32_t index) {
+    return slots_.Contains(index) ? &slots_.at(index).client : nullptr;
+  }
+  // Slots that exist now: a scan of the client records runs up to this.
+  uint32_t slot_count() const { return slots_.allocated(); }
+  struct Delivered {
+    int64_t result;
+    uint32_t generation;  // for FreeDelivered
+  };
+  // In the sink's Deliver(index), on the thread that completed the request: its result.
+  Delivered TakeDelivered(uint32_t index) const;
+  // Frees the delivered slot of that generation (kCompleted -> kFree). Called once, by whichever of
+  // the client's threads is the last to use the slot's record for this request.
+  void FreeDelivered(uint32_t index, uint32_t generation);
   // Queues a claimed, filled slot for submission. The caller counted it in sink.accepted already.
   void Enqueue(ProducerToken& token, uint32_t index);
   // Hands a claimed, filled slot straight to the blocking pool, for a request the caller knows is
