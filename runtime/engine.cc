@@ -117,11 +117,7 @@ Engine::~Engine() {
   // timeout (kIdleLookMs).
   sys_.EventFdWrite(kernel_efd_.get(), 1);
   if (reaper_.joinable()) reaper_.join();
-  {
-    std::lock_guard<std::mutex> lock(pool_mu_);
-    pool_cv_.notify_all();
-  }
-  for (std::thread& t : pool_threads_) t.join();
+  pool_.Stop();
   lanes_.reset();  // after the pool, which tells the lanes when it finishes one of theirs
   // acquire (any order would do: its only writer, the submitter, is joined).
   if (uintptr_t ctx = context_.load(std::memory_order_acquire); ctx != 0) {
@@ -480,7 +476,7 @@ ServiceStats Engine::Stats() const {
   s.max_io_submit_ns = counters_.max_io_submit_ns.load(std::memory_order_relaxed);
   s.contexts_created = counters_.contexts_created.load(std::memory_order_relaxed);
   s.contexts_released = counters_.contexts_released.load(std::memory_order_relaxed);
-  s.pool_threads = counters_.pool_threads.load(std::memory_order_relaxed);
+  s.pool_threads = pool_.threads_started();
   s.pool_running = counters_.pool_running.load(std::memory_order_relaxed);
   s.queue_block_allocations = QueueTraits::allocations.load(std::memory_order_relaxed);
   s.inline_submitted = counters_.inline_submitted.load(std::memory_order_relaxed);

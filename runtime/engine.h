@@ -60,7 +60,8 @@
 //   fd_order.cc       which requests keep their call order and go to a lane (DispatchOrder)
 //   submitter.cc      the submit queue's drain, the io context's life, io_submit (SubmitBatch)
 //   reaper.cc         the completion eventfd, io_getevents, routing each result (RouteKernelResult)
-//   fallback_pool.cc  the blocking workers (pool_queue.h: what they take, in which order)
+//   fallback_pool.cc  the blocking workers (class FallbackPool; pool_queue.h: what they take, in
+//                     which order) and what a worker does with a request
 //   inline_io.cc      an inline_io requester's thread submitting and reaping; the two roles
 //   stream_lanes.cc   the lanes themselves (class StreamLanes)
 //
@@ -88,7 +89,7 @@
 #include "core/hidden_fd.h"
 #include "core/slot.h"
 #include "core/syscalls.h"
-#include "runtime/pool_queue.h"
+#include "runtime/fallback_pool.h"
 #include "runtime/stream_lanes.h"
 #include "runtime/write_refusals.h"
 #include "kaio/types.h"
@@ -316,13 +317,9 @@ class Engine {
   // Queues a request in kPoolQueued for a worker (starting one if none is idle and fewer than
   // fallback_threads run); a buffered file write (kSlotFileWrite) waits behind its fd's running one.
   void PoolPush(uint32_t index);
-  void PoolLoop();
-  // A worker's turn with one request: runs it (or completes it cancelled) and delivers the result.
+  // A worker's turn with one request (FallbackPool's `run`): runs it (or completes it cancelled)
+  // and delivers the result.
   void RunPoolRequest(uint32_t index);
-  // Runs the request on the calling thread; a vectored one resumes `vectored_skip` bytes in.
-  static int64_t RunBlocking(const struct iocb& cb, uint64_t vectored_skip);
-  // Bytes the request asks for (the sum of the iovec lengths for a vectored one).
-  static uint64_t RequestBytes(const struct iocb& cb);
 
   const ServiceOptions options_;
   core::Syscalls& sys_;
@@ -386,12 +383,8 @@ class Engine {
   // Guarded by the reap role.
   std::vector<struct io_event> reap_events_;
 
-  // Fallback pool (the slow path: a mutex here costs nothing next to the blocking call it guards).
-  std::mutex pool_mu_;
-  std::condition_variable pool_cv_;
-  PoolQueue pool_queue_{slots_};
-  std::vector<std::thread> pool_threads_;
-  int pool_idle_ = 0;
+  // The blocking workers (runtime/fallback_pool.h).
+  FallbackPool pool_{slots_, options_.fallback_threads, [this](uint32_t index) { RunPoolRequest(index); }};
 
   // Sinks, for Shutdown() and Stats().
   mutable std::mutex sinks_mu_;
@@ -404,7 +397,7 @@ class Engine {
     std::atomic<uint64_t> kernel_submitted{0}, io_submit_calls{0}, io_submit_eagain{0};
     std::atomic<uint64_t> pool_requests{0}, nowait_retries{0}, stream_requests{0};
     std::atomic<int64_t> max_io_submit_ns{0};
-    std::atomic<uint64_t> contexts_created{0}, contexts_released{0}, pool_threads{0}, pool_running{0};
+    std::atomic<uint64_t> contexts_created{0}, contexts_released{0}, pool_running{0};
     std::atomic<uint64_t> accepted_by_gone_sinks{0};
     std::atomic<uint64_t> inline_submitted{0}, inline_reaped{0}, read_now{0};
   } counters_;

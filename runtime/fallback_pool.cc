@@ -1,6 +1,6 @@
-// Engine, the fallback pool: blocking workers for what the kernel would block on (buffered
-// writes, cache misses, ttys, O_APPEND lanes).
-#include "runtime/engine.h"
+// The fallback pool (runtime/fallback_pool.h): its workers, and the engine's side of the hop (which
+// requests go to which lane, what a worker does with one).
+#include "runtime/fallback_pool.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -14,24 +14,94 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
-#include "core/kernel_errors.h"
-#include "core/planted_bug.h"
 #include "core/request.h"
+#include "runtime/engine.h"
 #include "runtime/engine_internal.h"
 #include "runtime/stream_lanes.h"
 
 namespace kaio::runtime {
 
-using core::SubmitErrorClass;
-using core::ClassifySubmitError;
+// ---------------------------------------------------------------- the pool's workers
 
-// ---------------------------------------------------------------- fallback pool
+FallbackPool::FallbackPool(core::SlotTable& slots, int max_threads, std::function<void(uint32_t)> run)
+    : max_threads_(std::max(1, max_threads)), run_(std::move(run)), queue_(slots) {}
+
+bool FallbackPool::Push(uint32_t index, int lane_fd) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!queue_.Push(index, lane_fd)) return true;  // behind its lane's running write: its holder runs it
+  if (idle_ > 0 || static_cast<int>(threads_.size()) >= max_threads_) {
+    cv_.notify_one();
+    return true;
+  }
+  // This may run on an inline_io requester's thread: the worker must not inherit its signal mask
+  // (kaio's threads block every signal, so a process-directed signal never lands on them).
+  sigset_t all_signals, caller_mask;
+  sigfillset(&all_signals);
+  pthread_sigmask(SIG_BLOCK, &all_signals, &caller_mask);
+  bool started = true;
+  try {
+    threads_.emplace_back([this] { Loop(); });
+  } catch (const std::system_error&) {
+    started = false;  // RLIMIT_NPROC, address space: the workers there are will get to it
+  }
+  pthread_sigmask(SIG_SETMASK, &caller_mask, nullptr);
+  if (started) {
+    std::string name = absl::StrCat("kaio-pool-", threads_.size() - 1);
+    pthread_setname_np(threads_.back().native_handle(), name.substr(0, 15).c_str());
+    // relaxed: a statistic.
+    threads_started_.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  if (!threads_.empty()) {
+    cv_.notify_one();
+    return true;
+  }
+  // No worker at all, and none to be had: not queued (the caller fails it with EAGAIN, glibc's
+  // answer when it cannot start a helper thread, instead of letting it wait for ever).
+  queue_.RemoveLastPushed(index, lane_fd);
+  return false;
+}
+
+void FallbackPool::Stop() {
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    cv_.notify_all();
+    threads.swap(threads_);
+  }
+  for (std::thread& t : threads) t.join();
+}
+
+void FallbackPool::Loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  PoolQueue::Work work;
+  while (true) {
+    if (!queue_.Take(&work)) {
+      // Lanes other workers hold are theirs to finish.
+      if (stopping_) return;
+      ++idle_;
+      cv_.wait(lock, [this] { return !queue_.Empty() || stopping_; });
+      --idle_;
+      continue;
+    }
+    do {
+      lock.unlock();
+      run_(work.index);
+      lock.lock();
+    } while (work.lane_fd != PoolQueue::kAnyWorker && queue_.NextInLane(work.lane_fd, &work.index));
+  }
+}
+
+// ---------------------------------------------------------------- the engine's side
 
 void Engine::PoolPush(uint32_t index) {
   // relaxed: a statistic.
@@ -41,64 +111,10 @@ void Engine::PoolPush(uint32_t index) {
   const int lane_fd = (slot.flags & core::kSlotFileWrite) && !(slot.flags & core::kSlotStream)
                           ? slot.cb.aio_fildes
                           : PoolQueue::kAnyWorker;
-  {
-    std::lock_guard<std::mutex> lock(pool_mu_);
-    if (!pool_queue_.Push(index, lane_fd)) return;  // behind its lane's running write: its holder runs it
-    if (pool_idle_ > 0 || static_cast<int>(pool_threads_.size()) >= std::max(1, options_.fallback_threads)) {
-      pool_cv_.notify_one();
-      return;
-    }
-    // This may run on an inline_io requester's thread: the worker must not inherit its signal mask
-    // (kaio's threads block every signal, so a process-directed signal never lands on them).
-    sigset_t all_signals, caller_mask;
-    sigfillset(&all_signals);
-    pthread_sigmask(SIG_BLOCK, &all_signals, &caller_mask);
-    bool started = true;
-    try {
-      pool_threads_.emplace_back([this] { PoolLoop(); });
-    } catch (const std::system_error&) {
-      started = false;  // RLIMIT_NPROC, address space: the workers there are will get to it
-    }
-    pthread_sigmask(SIG_SETMASK, &caller_mask, nullptr);
-    if (started) {
-      std::string name = absl::StrCat("kaio-pool-", pool_threads_.size() - 1);
-      pthread_setname_np(pool_threads_.back().native_handle(), name.substr(0, 15).c_str());
-      // relaxed: a statistic.
-      counters_.pool_threads.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-    if (!pool_threads_.empty()) {
-      pool_cv_.notify_one();
-      return;
-    }
-    // No worker at all, and none to be had: this request fails with EAGAIN (glibc's answer when it
-    // cannot start a helper thread) instead of waiting for ever; the next one tries again.
-    pool_queue_.RemoveLastPushed(index, lane_fd);
-  }
+  if (pool_.Push(index, lane_fd)) return;
   // A lane's head leaves its lane before its completion is delivered (see StreamLanes::OnPoolDone).
   if (slot.flags & core::kSlotStream) lanes_->OnPoolDone(index, slot.cb.aio_fildes, slot.cb.aio_lio_opcode);
   if (!Complete(index, SlotState::kPoolQueued, -EAGAIN)) Complete(index, SlotState::kCancelledQueued, -ECANCELED);
-}
-
-void Engine::PoolLoop() {
-  std::unique_lock<std::mutex> lock(pool_mu_);
-  PoolQueue::Work work;
-  while (true) {
-    if (!pool_queue_.Take(&work)) {
-      // acquire, here and in the wait below (pool_mu_ orders it anyway: ~Engine stores it before it
-      // notifies under the mutex). Lanes other workers hold are theirs to finish.
-      if (exiting_.load(std::memory_order_acquire)) return;
-      ++pool_idle_;
-      pool_cv_.wait(lock, [this] { return !pool_queue_.Empty() || exiting_.load(std::memory_order_acquire); });
-      --pool_idle_;
-      continue;
-    }
-    do {
-      lock.unlock();
-      RunPoolRequest(work.index);
-      lock.lock();
-    } while (work.lane_fd != PoolQueue::kAnyWorker && pool_queue_.NextInLane(work.lane_fd, &work.index));
-  }
 }
 
 void Engine::RunPoolRequest(uint32_t index) {
@@ -126,7 +142,7 @@ void Engine::RunPoolRequest(uint32_t index) {
   }
 }
 
-uint64_t Engine::RequestBytes(const struct iocb& cb) {
+uint64_t RequestBytes(const struct iocb& cb) {
   if (!IsVectored(cb.aio_lio_opcode)) return cb.u.c.nbytes;
   const auto* iov = static_cast<const struct iovec*>(cb.u.c.buf);
   uint64_t total = 0;
@@ -134,7 +150,7 @@ uint64_t Engine::RequestBytes(const struct iocb& cb) {
   return total;
 }
 
-int64_t Engine::RunBlocking(const struct iocb& cb, uint64_t vectored_skip) {
+int64_t RunBlocking(const struct iocb& cb, uint64_t vectored_skip) {
   const int fd = cb.aio_fildes;
   void* buf = cb.u.c.buf;
   const long long offset = cb.u.c.offset;

@@ -12,7 +12,7 @@
 // A lane's holder runs at most kLaneTurn writes in a row while others wait, then the lane goes to
 // the back of the ready lanes, so a file written without pause cannot keep a worker from the rest.
 //
-// Threading: none of its own; every call is made under the engine's pool mutex. Allocation: the
+// Threading: none of its own; every call is made under FallbackPool's mutex. Allocation: the
 // lanes are linked through the slots (Slot::pool_next), the map of lanes and the FIFOs allocate
 // only as they grow, never per request once warm.
 #ifndef KAIO_RUNTIME_POOL_QUEUE_H_
