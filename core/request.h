@@ -34,7 +34,7 @@ inline uint64_t MarkClaimed(Slot& slot) {
 }
 
 // From a state only the caller can leave (kClaimed, kStreamTrying) to `to`, publishing what the
-// caller wrote into the slot (iocb, flags, partial): release, paired with the acquire of whoever
+// caller wrote into the slot (the request, flags, partial): release, paired with the acquire of whoever
 // takes the request next (the submitter, a worker, the lanes, a canceller).
 inline void Publish(Slot& slot, uint64_t word, SlotState to) {
   slot.word.store(PackWord(WordGeneration(word), to), std::memory_order_release);

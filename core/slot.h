@@ -26,11 +26,13 @@
 #include <memory>
 #include <mutex>
 
+#include "core/io_request.h"
+
 namespace kaio::core {
 
 enum class SlotState : uint32_t {
   kFree = 0,
-  kClaimed,          // a producer fills the iocb
+  kClaimed,          // a producer describes the request
   kQueued,           // in the submitter's queue
   kCancelledQueued,  // cancelled before it ran; whoever holds it completes it with ECANCELED
   kInKernel,         // handed to io_submit
@@ -67,7 +69,7 @@ class CompletionSink;
 // slot is being reused (the POSIX layer's scans for aio_cancel(fd, NULL) and aio_fsync).
 //   words: atomics any thread may read (0 until the client first stores them);
 //   bytes: what only the request's holder reads, copied in and out (trivially copyable objects),
-//          ordered by the slot's hand-offs like the iocb.
+//          ordered by the slot's hand-offs like the request.
 struct ClientRecord {
   static constexpr size_t kWords = 3;
   static constexpr size_t kBytes = 64;
@@ -88,7 +90,7 @@ enum SlotFlags : uint32_t {
 };
 
 struct alignas(64) Slot {
-  struct iocb cb;                       // the request; cb.data holds the slot index
+  IoRequest io;                         // the request, in kaio's terms (core/io_request.h)
   std::atomic<uint64_t> word{0};        // generation << 32 | state
   std::atomic<uint32_t> free_next{0};   // free-stack link (index + 1); atomic: read by racing pops
   uint32_t mailbox_next = 0;            // sink's link (index + 1), written before a release publish
@@ -114,6 +116,9 @@ struct alignas(64) Slot {
   // that publishes the request; relaxed everywhere, since a reader that is not the owner only
   // compares it, and any value it may see other than its ticket's means "not this request".
   std::atomic<uint64_t> serial{0};
+  // The kernel interface's own form of the request while the kernel has it (Linux AIO's iocb,
+  // written at submission by runtime/kernel_aio.cc; io_cancel needs its address): no hop reads it.
+  struct iocb aio_cb;
   // The client's own record of the request (see ClientRecord): last, on lines of its own, since
   // only the client's two ends (describing, delivering) touch it.
   alignas(64) ClientRecord client;

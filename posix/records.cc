@@ -1,24 +1,22 @@
-// posix/records.cc: a POSIX request's opcode for the engine (see records.h).
+// posix/records.cc: a POSIX request's operation in the engine's terms (see records.h).
 #include "posix/records.h"
-
-#include <libaio.h>
 
 namespace kaio::posix {
 
-short IoOpcode(Op op) {
+core::IoOp IoOpcode(Op op) {
   switch (op) {
     case Op::kRead:
-      return IO_CMD_PREAD;
+      return core::IoOp::kRead;
     case Op::kWrite:
-      return IO_CMD_PWRITE;
+      return core::IoOp::kWrite;
     case Op::kFsync:
-      return IO_CMD_FSYNC;
+      return core::IoOp::kFsync;
     case Op::kFdsync:
-      return IO_CMD_FDSYNC;
+      return core::IoOp::kFdsync;
     case Op::kNone:
       break;
   }
-  return IO_CMD_NOOP;
+  return core::IoOp::kNone;
 }
 
 }  // namespace kaio::posix

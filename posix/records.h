@@ -34,8 +34,8 @@ constexpr uint32_t kNoSlot = core::SlotTable::kNoSlot;
 
 enum class Op : uint8_t { kNone = 0, kRead, kWrite, kFsync, kFdsync };
 
-// The engine's opcode for `op` (IO_CMD_NOOP for kNone).
-short IoOpcode(Op op);
+// The engine's operation for `op`.
+core::IoOp IoOpcode(Op op);
 
 inline bool IsSync(Op op) { return op == Op::kFsync || op == Op::kFdsync; }
 

@@ -174,8 +174,8 @@ int State::SubmitNow(const Request& req, SubmitRoute route, bool* flush) {
 uint32_t State::Prepare(const Request& req, uint32_t* generation_out) {
   uint32_t index = engine_.Claim(sink_, reinterpret_cast<uintptr_t>(req.cb));
   if (index == kNoSlot) return kNoSlot;
-  // The engine fills the iocb (the only place a request becomes one); offsets and lengths are the
-  // aiocb's as they are (aio_fsync reads neither).
+  // The engine describes the request in its own terms; offsets and lengths are the aiocb's as they
+  // are (aio_fsync reads neither).
   const uint32_t generation =
       engine_.Describe(index, req.fd, IoOpcode(req.op), IsSync(req.op) ? nullptr : req.buf,
                        IsSync(req.op) ? 0 : req.nbytes, IsSync(req.op) ? 0 : req.offset, /*serial=*/0,

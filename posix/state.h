@@ -36,7 +36,7 @@
 // Relies on: runtime/engine.h, as a client of the engine: Claim, Describe, Enqueue, EnqueueDeferred
 // and SubmitInline, Cancel, RegisterSink; the slot's client record (ClientRecordOf, slot_count),
 // the result at delivery (TakeDelivered) and the slot's release (FreeDelivered). Nothing here
-// reads or writes a slot's state, iocb or flags.
+// reads or writes a slot's state, request or flags.
 #ifndef KAIO_POSIX_STATE_H_
 #define KAIO_POSIX_STATE_H_
 

@@ -68,7 +68,7 @@ Client::~Client() {
 
 // ---------------------------------------------------------------- submission
 
-absl::StatusOr<Ticket> Client::Submit(int fd, short opcode, void* buf, uint64_t nbytes, int64_t offset,
+absl::StatusOr<Ticket> Client::Submit(int fd, core::IoOp opcode, void* buf, uint64_t nbytes, int64_t offset,
                                          uint64_t tag) {
   if (!engine_.accepting()) return ShutDownError();
   uint32_t index = engine_.Claim(*mailbox_, tag);
@@ -113,16 +113,16 @@ uint64_t Client::NextSerial() {
 absl::StatusOr<Ticket> Client::Read(int fd, void* buf, size_t length, int64_t offset, uint64_t tag) {
   if (buf == nullptr && length > 0) return absl::InvalidArgumentError("kaio: Read into a null buffer");
   if (absl::Status s = CheckRange(fd, offset, length); !s.ok()) return s;
-  return Submit(fd, IO_CMD_PREAD, buf, length, offset, tag);
+  return Submit(fd, core::IoOp::kRead, buf, length, offset, tag);
 }
 
 absl::StatusOr<Ticket> Client::Write(int fd, const void* buf, size_t length, int64_t offset, uint64_t tag) {
   if (buf == nullptr && length > 0) return absl::InvalidArgumentError("kaio: Write from a null buffer");
   if (absl::Status s = CheckRange(fd, offset, length); !s.ok()) return s;
-  return Submit(fd, IO_CMD_PWRITE, const_cast<void*>(buf), length, offset, tag);
+  return Submit(fd, core::IoOp::kWrite, const_cast<void*>(buf), length, offset, tag);
 }
 
-absl::StatusOr<Ticket> Client::SubmitVector(int fd, short opcode, const struct iovec* iov, int iovcnt,
+absl::StatusOr<Ticket> Client::SubmitVector(int fd, core::IoOp opcode, const struct iovec* iov, int iovcnt,
                                                int64_t offset, uint64_t tag) {
   if (iovcnt < 0 || iovcnt > IOV_MAX) {
     return absl::InvalidArgumentError(absl::StrCat("kaio: iovcnt ", iovcnt, " is outside [0, IOV_MAX]"));
@@ -143,21 +143,21 @@ absl::StatusOr<Ticket> Client::SubmitVector(int fd, short opcode, const struct i
 }
 
 absl::StatusOr<Ticket> Client::Readv(int fd, const struct iovec* iov, int iovcnt, int64_t offset, uint64_t tag) {
-  return SubmitVector(fd, IO_CMD_PREADV, iov, iovcnt, offset, tag);
+  return SubmitVector(fd, core::IoOp::kReadv, iov, iovcnt, offset, tag);
 }
 
 absl::StatusOr<Ticket> Client::Writev(int fd, const struct iovec* iov, int iovcnt, int64_t offset, uint64_t tag) {
-  return SubmitVector(fd, IO_CMD_PWRITEV, iov, iovcnt, offset, tag);
+  return SubmitVector(fd, core::IoOp::kWritev, iov, iovcnt, offset, tag);
 }
 
 absl::StatusOr<Ticket> Client::Fsync(int fd, uint64_t tag) {
   if (absl::Status s = CheckRange(fd, 0, 0); !s.ok()) return s;
-  return Submit(fd, IO_CMD_FSYNC, nullptr, 0, 0, tag);
+  return Submit(fd, core::IoOp::kFsync, nullptr, 0, 0, tag);
 }
 
 absl::StatusOr<Ticket> Client::Fdatasync(int fd, uint64_t tag) {
   if (absl::Status s = CheckRange(fd, 0, 0); !s.ok()) return s;
-  return Submit(fd, IO_CMD_FDSYNC, nullptr, 0, 0, tag);
+  return Submit(fd, core::IoOp::kFdsync, nullptr, 0, 0, tag);
 }
 
 // ---------------------------------------------------------------- collecting
@@ -380,7 +380,7 @@ CancelResult Client::CancelAll(int fd) {
     uint64_t word = slot.word.load(std::memory_order_acquire);
     SlotState state = WordState(word);
     if (!InFlight(state) || state == SlotState::kClaimed) continue;
-    if (slot.sink.load(std::memory_order_relaxed) != mailbox_ || slot.cb.aio_fildes != fd) continue;
+    if (slot.sink.load(std::memory_order_relaxed) != mailbox_ || slot.io.fd != fd) continue;
     absl::StatusOr<CancelResult> result = engine_.Cancel(index, WordGeneration(word));
     if (!result.ok()) continue;  // finished and consumed meanwhile
     if (*result == CancelResult::kCanceled) any_cancelled = true;

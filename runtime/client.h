@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "core/io_request.h"
 #include "kaio/types.h"
 #include "runtime/engine.h"
 
@@ -61,8 +62,8 @@ class Client {
  private:
   // inline_io: flush, then reap what the kernel finished (for every requester) on this thread.
   void PumpInline();
-  absl::StatusOr<Ticket> Submit(int fd, short opcode, void* buf, uint64_t nbytes, int64_t offset, uint64_t tag);
-  absl::StatusOr<Ticket> SubmitVector(int fd, short opcode, const struct iovec* iov, int iovcnt, int64_t offset,
+  absl::StatusOr<Ticket> Submit(int fd, core::IoOp opcode, void* buf, uint64_t nbytes, int64_t offset, uint64_t tag);
+  absl::StatusOr<Ticket> SubmitVector(int fd, core::IoOp opcode, const struct iovec* iov, int iovcnt, int64_t offset,
                                       uint64_t tag);
   size_t TakeLocal(absl::Span<Completion> out);
   // The slot index of a live ticket of ours, or UINT32_MAX.

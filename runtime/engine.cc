@@ -92,13 +92,12 @@ Engine::Engine(const ServiceOptions& options, core::Syscalls& sys, int submit_ef
       kernel_efd_(kernel_efd, MakeEventfd),
       fd_kind_(new std::atomic<uint8_t>[kFdKinds]()),
       fd_order_(new FdOrderState[kFdKinds]()),
+      kernel_(sys, slots_, static_cast<size_t>(options.submit_batch), static_cast<size_t>(options.reap_batch)),
       reaper_token_(std::make_unique<ProducerToken>(queue_)),
       device_chunk_(static_cast<size_t>(std::clamp(options.device_submit_chunk, 1, options.submit_batch))),
-      submit_iocbs_(static_cast<size_t>(options.submit_batch)),
       submit_meta_(static_cast<size_t>(options.submit_batch)),
       inline_batch_(static_cast<size_t>(options.submit_batch)),
       last_kernel_activity_(absl::Now()),
-      reap_events_(static_cast<size_t>(options.reap_batch)),
       lanes_(std::make_unique<StreamLanes>(*this)) {
   learn_.reserve(static_cast<size_t>(options.submit_batch));  // filled per inline batch, never grown
 }
@@ -121,7 +120,7 @@ Engine::~Engine() {
   lanes_.reset();  // after the pool, which tells the lanes when it finishes one of theirs
   // acquire (any order would do: its only writer, the submitter, is joined).
   if (uintptr_t ctx = context_.load(std::memory_order_acquire); ctx != 0) {
-    sys_.IoDestroy(reinterpret_cast<io_context_t>(ctx));
+    kernel_.Release(ctx);
   }
 }
 
@@ -132,16 +131,14 @@ uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
   if (index == kNoSlot) return kNoSlot;
   core::Slot& slot = slots_.at(index);
   core::MarkClaimed(slot);  // ours alone (Acquire took it off the free stack) until Enqueue publishes it
-  std::memset(&slot.cb, 0, sizeof(slot.cb));
-  slot.cb.data = reinterpret_cast<void*>(static_cast<uintptr_t>(index));
-  io_set_eventfd(&slot.cb, kernel_efd_.get());
+  slot.io = core::IoRequest{};
   slot.flags = 0;
   slot.file_flags = -1;  // not looked at (Describe stores the client's look, if it made one)
   // relaxed, through atomic_ref: a Cancel holding a stale ticket may read it at any time (and
   // finds the generation changed); every write of `partial` is atomic for that reason.
   std::atomic_ref<uint64_t>(slot.partial).store(0, std::memory_order_relaxed);
   slot.tag = tag;
-  // relaxed, both: published with the iocb by the release that publishes the request (core::Publish).
+  // relaxed, both: published with the request by the release that publishes the request (core::Publish).
   slot.result.store(0, std::memory_order_relaxed);
   slot.sink.store(&sink, std::memory_order_relaxed);
   slot.mailbox_next = 0;
@@ -149,15 +146,15 @@ uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
   return index;
 }
 
-uint32_t Engine::Describe(uint32_t index, int fd, short opcode, void* buf, uint64_t nbytes, int64_t offset,
+uint32_t Engine::Describe(uint32_t index, int fd, core::IoOp op, void* buf, uint64_t nbytes, int64_t offset,
                           uint64_t serial, int file_flags) {
   core::Slot& slot = slots_.at(index);
   slot.file_flags = file_flags;
-  slot.cb.aio_fildes = fd;
-  slot.cb.aio_lio_opcode = opcode;
-  slot.cb.u.c.buf = buf;
-  slot.cb.u.c.nbytes = nbytes;
-  slot.cb.u.c.offset = offset;
+  slot.io.fd = fd;
+  slot.io.op = op;
+  slot.io.buf = buf;
+  slot.io.nbytes = nbytes;
+  slot.io.offset = offset;
   slot.serial.store(serial, std::memory_order_relaxed);  // published with the request (Enqueue's release)
   // relaxed: the claimer owns the slot; the word is its own since Claim.
   return WordGeneration(slot.word.load(std::memory_order_relaxed));
@@ -188,7 +185,7 @@ bool Engine::QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submit
   core::Slot& slot = slots_.at(index);
   // relaxed: a claimed slot is ours alone, so the word is the one Claim stored.
   uint64_t word = slot.word.load(std::memory_order_relaxed);
-  core::Publish(slot, word, SlotState::kQueued);  // the submitter (or a canceller) sees the filled iocb
+  core::Publish(slot, word, SlotState::kQueued);  // the submitter (or a canceller) sees the described request
   if (!queue_.enqueue(token, index)) {
     // moodycamel fails only when it cannot allocate a block: complete the request with ENOMEM
     // rather than lose it.
@@ -202,16 +199,16 @@ bool Engine::QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submit
 
 bool Engine::WriteGoesStraightToPool(uint32_t index) {
   core::Slot& slot = slots_.at(index);
-  const short op = slot.cb.aio_lio_opcode;
-  if ((op != IO_CMD_PWRITE && op != IO_CMD_PWRITEV) || options_.fallback_threads == 0 ||
-      (slot.flags & core::kSlotForceKernel) || !write_refusals_.SkipKernel(slot.cb.aio_fildes)) {
+  const core::IoOp op = slot.io.op;
+  if (!IsWrite(op) || options_.fallback_threads == 0 ||
+      (slot.flags & core::kSlotForceKernel) || !write_refusals_.SkipKernel(slot.io.fd)) {
     return false;
   }
   // Only a write whose order does not matter (a regular file without O_APPEND) may skip the submit
   // queue: an O_APPEND or stream write sent straight to the pool would overtake this fd's earlier
   // writes still in the queue (the one in 256 offered to the kernel again, say: 421 of 700 appends
   // landed out of order). The look is handed on, so EnqueueToPool does not look again.
-  KindCache kind{slot.cb.aio_fildes, StreamLanes::Classify(slot.cb.aio_fildes, slot.file_flags)};
+  KindCache kind{slot.io.fd, StreamLanes::Classify(slot.io.fd, slot.file_flags)};
   if (StreamLanes::OrderFor(kind.kind, op) != StreamLanes::Order::kFree) return false;
   if (kind.kind == StreamLanes::Kind::kFile) slot.flags |= core::kSlotFileWrite;
   EnqueueToPool(index, &kind);
@@ -231,11 +228,11 @@ void Engine::EnqueueToPool(uint32_t index, KindCache* looked) {
   // A negative offset is the pool's pread's EINVAL; only the lanes would ignore it. No lone request
   // skips the look here: this runs outside the submit role, concurrently with other dispatches of
   // the fd, and what the pool runs it cannot take back to a lane.
-  const StreamLanes::Order order = IsReadOrWrite(slot.cb.aio_lio_opcode) && slot.cb.u.c.offset >= 0
+  const StreamLanes::Order order = IsReadOrWrite(slot.io.op) && slot.io.offset >= 0
                                        ? DispatchOrder(slot, /*lone_may_go=*/false, looked)
                                        : StreamLanes::Order::kFree;
   if (order != StreamLanes::Order::kFree) slot.flags |= core::kSlotStream;
-  core::Publish(slot, word, SlotState::kPoolQueued);  // the worker, lane (or a canceller) sees the iocb
+  core::Publish(slot, word, SlotState::kPoolQueued);  // the worker, lane (or a canceller) sees the request
   if (order == StreamLanes::Order::kFree) {
     PoolPush(index);
   } else {
@@ -295,7 +292,7 @@ bool Engine::Complete(uint32_t index, SlotState from, int64_t result) {
     counters_.failed.fetch_add(1, std::memory_order_relaxed);
   }
   // Before the delivery: from it on the program may close the fd and reuse its number.
-  if (slot.flags & core::kSlotCounted) Uncount(slot.cb.aio_fildes, slot.cb.aio_lio_opcode, slot.flags);
+  if (slot.flags & core::kSlotCounted) Uncount(slot.io.fd, slot.io.op, slot.flags);
   // relaxed: Claim's store, published by the request's release and acquired by the CAS above.
   core::CompletionSink* sink = slot.sink.load(std::memory_order_relaxed);
   sink->Deliver(index);  // the slot may be freed by its owner from here on: do not touch it
@@ -350,12 +347,12 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
         // acquire: pairs with EnsureContext's release. A context released since is seen only if the request
         // left the kernel meanwhile (in_kernel_ was 0): io_cancel then says EINVAL, as for one that runs on.
         uintptr_t ctx = context_.load(std::memory_order_acquire);
-        struct io_event event = {};
-        int rc = ctx == 0 ? -EINVAL : sys_.IoCancel(reinterpret_cast<io_context_t>(ctx), &slot.cb, &event);
+        int64_t cancelled_result = 0;
+        int rc = kernel_.Cancel(ctx, index, &cancelled_result);
         if (rc == 0) {
           // Old kernels hand the result back here instead of through the ring.
           Resignal(slot);
-          if (Complete(index, SlotState::kInKernel, static_cast<long>(event.res))) {
+          if (Complete(index, SlotState::kInKernel, cancelled_result)) {
             // seq_cst: a decrement of in_kernel_, before OnRoomFreed's load of room_wanted_ (see engine.h).
             in_kernel_.fetch_sub(1, std::memory_order_seq_cst);
             OnRoomFreed();
@@ -367,7 +364,7 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
         // A lone read or write the kernel refused at once (RWF_NOWAIT on an idle stream: EAGAIN) is
         // in the ring already, or is about to be: route it, and it goes to its lane, where it can be
         // cancelled. Only a request really running on a device is "not cancelled" after this.
-        if (!rerouted && FdKindOf(slot.cb.aio_fildes) != kFdAsync) {  // a device fd's request stays
+        if (!rerouted && FdKindOf(slot.io.fd) != kFdAsync) {  // a device fd's request stays
           rerouted = true;
           // The caller's signals are blocked meanwhile: reaping delivers completions, and a
           // handler that waited for one on this thread (aio_suspend) would wait for ever.

@@ -53,13 +53,17 @@
 // one at a time per fd and direction, in the stream lanes (runtime/stream_lanes.h); DispatchOrder
 // decides, per request, with a look at the fd only when another request of it is in flight.
 //
-// Files, one per hop (all of them define members of this one class; runtime/engine_internal.h holds
-// the helpers they share):
+// Files, one per hop (members of this class, except the three hops that are classes of their own:
+// KernelAio, FallbackPool's workers and StreamLanes; runtime/engine_internal.h holds the helpers
+// they share):
 //   engine.cc         creation and shutdown, the producer side (Claim, Enqueue), Complete, Cancel,
 //                     sinks and stats
 //   fd_order.cc       which requests keep their call order and go to a lane (DispatchOrder)
-//   submitter.cc      the submit queue's drain, the io context's life, io_submit (SubmitBatch)
-//   reaper.cc         the completion eventfd, io_getevents, routing each result (RouteKernelResult)
+//   submitter.cc      the submit queue's drain, the io context's life, submission (SubmitBatch)
+//   reaper.cc         the completion eventfd, reaping, routing each result (RouteKernelResult)
+//   kernel_aio.cc     the seam to the kernel (class KernelAio): a context's set-up and release, a batch
+//                     submitted, completions reaped, a request cancelled; the only file that
+//                     knows Linux AIO's iocb and io_event
 //   fallback_pool.cc  the blocking workers (class FallbackPool; pool_queue.h: what they take, in
 //                     which order) and what a worker does with a request
 //   inline_io.cc      an inline_io requester's thread submitting and reaping; the two roles
@@ -69,8 +73,6 @@
 // is destroyed; the destructor stops and joins the threads and releases the io context.
 #ifndef KAIO_RUNTIME_ENGINE_H_
 #define KAIO_RUNTIME_ENGINE_H_
-
-#include <libaio.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -90,6 +92,7 @@
 #include "core/slot.h"
 #include "core/syscalls.h"
 #include "runtime/fallback_pool.h"
+#include "runtime/kernel_aio.h"
 #include "runtime/stream_lanes.h"
 #include "runtime/write_refusals.h"
 #include "kaio/types.h"
@@ -127,14 +130,15 @@ class Engine {
     return std::make_unique<ProducerToken>(queue_);
   }
 
-  // Claims a slot for `sink`, in state kClaimed, with its iocb zeroed and routed to the reaper's
-  // eventfd. Returns SlotTable::kNoSlot when max_requests are alive.
+  // Claims a slot for `sink`, in state kClaimed, with an empty request (core::IoRequest). Returns
+  // SlotTable::kNoSlot when max_requests are alive.
   uint32_t Claim(core::CompletionSink& sink, uint64_t tag);
-  // Describes the request in a claimed slot (the only place a client's request becomes an iocb):
-  // its fd, opcode (IO_CMD_*), buffer (an iovec array for the vectored ones, nbytes then being the
-  // count), offset and the client's serial for its ticket; `file_flags`, the fd's F_GETFL if the
-  // client read it just now (-1 if not). Returns the slot's generation.
-  uint32_t Describe(uint32_t index, int fd, short opcode, void* buf, uint64_t nbytes, int64_t offset,
+  // Describes the request in a claimed slot, in kaio's terms (core/io_request.h; only the kernel
+  // interface, runtime/kernel_aio.h, ever turns it into the kernel's form): its fd, operation,
+  // buffer (an iovec array for the vectored ones, nbytes then being the count), offset and the
+  // client's serial for its ticket; `file_flags`, the fd's F_GETFL if the client read it just now
+  // (-1 if not). Returns the slot's generation.
+  uint32_t Describe(uint32_t index, int fd, core::IoOp op, void* buf, uint64_t nbytes, int64_t offset,
                     uint64_t serial, int file_flags = -1);
   // Gives a claimed slot back unsubmitted.
   void Unclaim(uint32_t index);
@@ -223,9 +227,9 @@ class Engine {
   StreamLanes::Order DispatchOrder(core::Slot& slot, bool lone_may_go, KindCache* cache);
   // A request outside that the kernel refused or cut short: to its lane if its fd keeps order.
   bool MoveToLane(uint32_t index, uint64_t word);
-  void LeaveOutside(int fd, short op);
+  void LeaveOutside(int fd, core::IoOp op);
   // At completion, before delivery.
-  void Uncount(int fd, short op, uint32_t flags);
+  void Uncount(int fd, core::IoOp op, uint32_t flags);
   // For StreamLanes: true if a lane of fd in that direction may run its head; if not, it is told
   // (StreamLanes::Ready) when it may.
   bool NothingOutside(int fd, bool write);
@@ -270,14 +274,14 @@ class Engine {
   // Reaps until the ring is empty; false if io_getevents failed first (events may be left).
   bool ReapAvailable(bool inline_caller);
   // Routes `got` events just taken from the ring (the caller holds the reap role).
-  void RouteEvents(const struct io_event* events, int got, bool inline_caller);
+  void RouteEvents(const KernelAio::Event* events, int got, bool inline_caller);
   // While requests without the eventfd flag are in the kernel, the reaper looks at the ring often.
   void WatchUnsignalled();
   // After an inline submission: make sure someone will notice unsignalled requests still running.
   void EnsureUnsignalledWatched();
   // What an inline batch's requests were, copied before io_submit: once the kernel has them, they
   // may complete, and a sink that frees slots on delivery (the POSIX layer's) lets another thread
-  // claim the slot and rewrite its iocb while we still look.
+  // claim the slot and rewrite its request while we still look.
   struct Submitted {
     uint32_t index;
     uint32_t generation;  // the slot's: a different one later means it completed and was freed
@@ -312,7 +316,7 @@ class Engine {
   // Gives back the eventfd flag of a request leaving the kernel (or never entering it).
   void Resignal(core::Slot& slot);
   void RouteKernelResult(uint32_t index, int64_t result);
-  static bool StoppedShort(const struct iocb& cb, int64_t result);
+  static bool StoppedShort(const core::IoRequest& io, int64_t result);
 
   // Queues a request in kPoolQueued for a worker (starting one if none is idle and fewer than
   // fallback_threads run); a buffered file write (kSlotFileWrite) waits behind its fd's running one.
@@ -336,7 +340,7 @@ class Engine {
   // its last empty drain, so no enqueue can slip between its check and its sleep.
   alignas(64) std::atomic<uint64_t> work_seq_{0};
 
-  alignas(64) std::atomic<int64_t> in_kernel_{0};  // iocbs io_submit took and the reaper has not seen
+  alignas(64) std::atomic<int64_t> in_kernel_{0};  // requests the kernel took and the reaper has not seen
   std::atomic<bool> room_wanted_{false};  // the submitter sleeps until the kernel queue has room
 
   // An inline submission leaves the eventfd flag (IOCB_FLAG_RESFD) off the requests on fds whose
@@ -357,7 +361,10 @@ class Engine {
   std::atomic<bool> reaper_watching_{false};         // the reaper is in WatchUnsignalled
   std::atomic<bool> reaping_{false};   // the reaper may be inside io_getevents
   bool getevents_failing_ = false;     // guarded by the reap role: the last io_getevents failed
-  std::atomic<uintptr_t> context_{0};  // io_context_t; created and released by the submitter
+  // The kernel's interface (runtime/kernel_aio.h): its batch is the submit role's, its reaping the
+  // reap role's.
+  KernelAio kernel_;
+  std::atomic<KernelAio::Context> context_{0};  // created and released by the submitter
 
   std::atomic<bool> stopping_{false};
   std::atomic<bool> exiting_{false};
@@ -371,8 +378,7 @@ class Engine {
   std::unique_ptr<ProducerToken> reaper_token_;
   const size_t device_chunk_;  // ServiceOptions::device_submit_chunk, clamped
   // Guarded by the submit role.
-  std::vector<struct iocb*> submit_iocbs_;
-  std::vector<Submitted> submit_meta_;  // parallel to submit_iocbs_, for an inline batch
+  std::vector<Submitted> submit_meta_;  // parallel to kernel_'s batch, for an inline batch
   std::vector<uint32_t> inline_batch_;
   std::vector<Submitted> learn_;        // the requests of an inline batch io_submit accepted
   absl::Time last_kernel_activity_;
@@ -380,8 +386,6 @@ class Engine {
   absl::Time next_setup_attempt_ = absl::InfinitePast();
   absl::Duration setup_backoff_ = absl::ZeroDuration();
   bool setup_failure_reported_ = false;
-  // Guarded by the reap role.
-  std::vector<struct io_event> reap_events_;
 
   // The blocking workers (runtime/fallback_pool.h).
   FallbackPool pool_{slots_, options_.fallback_threads, [this](uint32_t index) { RunPoolRequest(index); }};

@@ -4,7 +4,6 @@
 #define KAIO_RUNTIME_ENGINE_INTERNAL_H_
 
 #include <fcntl.h>
-#include <libaio.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/eventfd.h>
@@ -18,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/clock.h"
+#include "core/io_request.h"
 #include "core/slot.h"
 
 namespace kaio::runtime {
@@ -49,23 +49,15 @@ inline std::string ReadProcValue(const char* path) {
 // Off, every read and write on an fd with nothing of it in flight is looked at.
 constexpr bool kLoneRequestsSkipTheLook = true;
 
-inline bool IsReadOrWrite(short opcode) {
-  return opcode == IO_CMD_PREAD || opcode == IO_CMD_PWRITE || opcode == IO_CMD_PREADV ||
-         opcode == IO_CMD_PWRITEV;
-}
-
-// IOCB_FLAG_RESFD of <linux/aio_abi.h> (which clashes with <libaio.h>): libaio's io_set_eventfd sets it.
-constexpr unsigned kIocbFlagResfd = 1u << 0;
-
-inline bool IsVectored(short opcode) { return opcode == IO_CMD_PREADV || opcode == IO_CMD_PWRITEV; }
-
-inline bool IsWrite(short opcode) { return opcode == IO_CMD_PWRITE || opcode == IO_CMD_PWRITEV; }
+using core::IsReadOrWrite;
+using core::IsVectored;
+using core::IsWrite;
 
 // A refused write on its way to the pool, past MoveToLane (so no stream or O_APPEND file): if its
 // fd is buffered (`file_flags`, its F_GETFL, without O_DIRECT), the pool runs it in the fd's lane,
 // one at a time with the fd's others (see PoolQueue).
 inline void MarkBufferedFileWrite(core::Slot& slot, int file_flags) {
-  if (IsWrite(slot.cb.aio_lio_opcode) && file_flags >= 0 && !(file_flags & O_DIRECT)) {
+  if (IsWrite(slot.io.op) && file_flags >= 0 && !(file_flags & O_DIRECT)) {
     slot.flags |= core::kSlotFileWrite;
   }
 }

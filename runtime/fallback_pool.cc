@@ -109,55 +109,47 @@ void Engine::PoolPush(uint32_t index) {
   core::Slot& slot = slots_.at(index);
   // A stream lane's head is alone in its lane already, and keeps its lane's order: any worker.
   const int lane_fd = (slot.flags & core::kSlotFileWrite) && !(slot.flags & core::kSlotStream)
-                          ? slot.cb.aio_fildes
+                          ? slot.io.fd
                           : PoolQueue::kAnyWorker;
   if (pool_.Push(index, lane_fd)) return;
   // A lane's head leaves its lane before its completion is delivered (see StreamLanes::OnPoolDone).
-  if (slot.flags & core::kSlotStream) lanes_->OnPoolDone(index, slot.cb.aio_fildes, slot.cb.aio_lio_opcode);
+  if (slot.flags & core::kSlotStream) lanes_->OnPoolDone(index, slot.io.fd, slot.io.op);
   if (!Complete(index, SlotState::kPoolQueued, -EAGAIN)) Complete(index, SlotState::kCancelledQueued, -ECANCELED);
 }
 
 void Engine::RunPoolRequest(uint32_t index) {
   core::Slot& slot = slots_.at(index);
   // acquire: pairs with the release into kPoolQueued (core::Publish, or the Move of the hop that pushed
-  // it; a canceller's CAS continues it), so the iocb, flags and partial read below are what it wrote.
+  // it; a canceller's CAS continues it), so the request, flags and partial read below are what it wrote.
   uint64_t word = slot.word.load(std::memory_order_acquire);
   // A lane's head leaves its lane before its completion is delivered (see StreamLanes::OnPoolDone).
   const bool from_lane = (slot.flags & core::kSlotStream) != 0;
   if (WordState(word) == SlotState::kPoolQueued && core::Move(slot, word, SlotState::kPoolRunning)) {
     // relaxed: a statistic.
     counters_.pool_running.fetch_add(1, std::memory_order_relaxed);
-    int64_t result = RunBlocking(slot.cb, slot.partial);
+    int64_t result = RunBlocking(slot.io, slot.partial);
     if (slot.partial > 0) {
       // What the kernel already moved counts; an error on the rest is a short result, as write(2).
       result = result >= 0 ? result + static_cast<int64_t>(slot.partial) : static_cast<int64_t>(slot.partial);
     }
     // relaxed: a statistic.
     counters_.pool_running.fetch_sub(1, std::memory_order_relaxed);
-    if (from_lane) lanes_->OnPoolDone(index, slot.cb.aio_fildes, slot.cb.aio_lio_opcode);
+    if (from_lane) lanes_->OnPoolDone(index, slot.io.fd, slot.io.op);
     Complete(index, SlotState::kPoolRunning, result);
   } else {
-    if (from_lane) lanes_->OnPoolDone(index, slot.cb.aio_fildes, slot.cb.aio_lio_opcode);
+    if (from_lane) lanes_->OnPoolDone(index, slot.io.fd, slot.io.op);
     Complete(index, SlotState::kCancelledQueued, -ECANCELED);
   }
 }
 
-uint64_t RequestBytes(const struct iocb& cb) {
-  if (!IsVectored(cb.aio_lio_opcode)) return cb.u.c.nbytes;
-  const auto* iov = static_cast<const struct iovec*>(cb.u.c.buf);
-  uint64_t total = 0;
-  for (uint64_t i = 0; i < cb.u.c.nbytes; ++i) total += iov[i].iov_len;
-  return total;
-}
-
-int64_t RunBlocking(const struct iocb& cb, uint64_t vectored_skip) {
-  const int fd = cb.aio_fildes;
-  void* buf = cb.u.c.buf;
-  const long long offset = cb.u.c.offset;
+int64_t RunBlocking(const core::IoRequest& io, uint64_t vectored_skip) {
+  const int fd = io.fd;
+  void* buf = io.buf;
+  const off_t offset = static_cast<off_t>(io.offset);
   const auto* iov = static_cast<const struct iovec*>(buf);
-  int iovcnt = static_cast<int>(cb.u.c.nbytes);
+  int iovcnt = static_cast<int>(io.nbytes);
   std::vector<struct iovec> rest;  // the pool's slow path: one allocation for a resumed vectored request
-  if (IsVectored(cb.aio_lio_opcode) && vectored_skip > 0) {
+  if (IsVectored(io.op) && vectored_skip > 0) {
     for (int i = 0; i < iovcnt; ++i) {
       if (vectored_skip >= iov[i].iov_len) {
         vectored_skip -= iov[i].iov_len;
@@ -171,30 +163,30 @@ int64_t RunBlocking(const struct iocb& cb, uint64_t vectored_skip) {
   }
   ssize_t n = -1;
   while (true) {
-    switch (cb.aio_lio_opcode) {
-      case IO_CMD_PREAD:
-        n = pread(fd, buf, cb.u.c.nbytes, offset);
-        if (n < 0 && errno == ESPIPE) n = read(fd, buf, cb.u.c.nbytes);  // pipes, sockets
+    switch (io.op) {
+      case core::IoOp::kRead:
+        n = pread(fd, buf, io.nbytes, offset);
+        if (n < 0 && errno == ESPIPE) n = read(fd, buf, io.nbytes);  // pipes, sockets
         break;
-      case IO_CMD_PWRITE:
-        n = pwrite(fd, buf, cb.u.c.nbytes, offset);
-        if (n < 0 && errno == ESPIPE) n = write(fd, buf, cb.u.c.nbytes);
+      case core::IoOp::kWrite:
+        n = pwrite(fd, buf, io.nbytes, offset);
+        if (n < 0 && errno == ESPIPE) n = write(fd, buf, io.nbytes);
         break;
-      case IO_CMD_PREADV:
+      case core::IoOp::kReadv:
         n = preadv(fd, iov, iovcnt, offset);
         if (n < 0 && errno == ESPIPE) n = readv(fd, iov, iovcnt);
         break;
-      case IO_CMD_PWRITEV:
+      case core::IoOp::kWritev:
         n = pwritev(fd, iov, iovcnt, offset);
         if (n < 0 && errno == ESPIPE) n = writev(fd, iov, iovcnt);
         break;
-      case IO_CMD_FSYNC:
+      case core::IoOp::kFsync:
         n = fsync(fd);
         break;
-      case IO_CMD_FDSYNC:
+      case core::IoOp::kFdsync:
         n = fdatasync(fd);
         break;
-      default:
+      case core::IoOp::kNone:
         return -EINVAL;
     }
     if (n >= 0) return n;

@@ -18,8 +18,6 @@
 #ifndef KAIO_RUNTIME_FALLBACK_POOL_H_
 #define KAIO_RUNTIME_FALLBACK_POOL_H_
 
-#include <libaio.h>
-
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -28,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/io_request.h"
 #include "core/slot.h"
 #include "runtime/pool_queue.h"
 
@@ -71,10 +70,7 @@ class FallbackPool {
 // Runs the request on the calling thread, retrying EINTR (a pipe's or socket's read or write
 // where its pread or pwrite says ESPIPE); a vectored one resumes `vectored_skip` bytes in.
 // Returns the count or -errno.
-int64_t RunBlocking(const struct iocb& cb, uint64_t vectored_skip);
-
-// Bytes the request asks for (the sum of the iovec lengths for a vectored one).
-uint64_t RequestBytes(const struct iocb& cb);
+int64_t RunBlocking(const core::IoRequest& io, uint64_t vectored_skip);
 
 }  // namespace kaio::runtime
 

@@ -34,8 +34,8 @@ using core::ClassifySubmitError;
 // ---------------------------------------------------------------- call order per fd
 
 StreamLanes::Order Engine::DispatchOrder(core::Slot& slot, bool lone_may_go, KindCache* cache) {
-  const int fd = slot.cb.aio_fildes;
-  const short op = slot.cb.aio_lio_opcode;
+  const int fd = slot.io.fd;
+  const core::IoOp op = slot.io.op;
   auto classify = [&] {
     if (cache != nullptr && cache->fd == fd && cache->kind != StreamLanes::Kind::kUnknown) return cache->kind;
     const StreamLanes::Kind kind = StreamLanes::Classify(fd, slot.file_flags);
@@ -83,7 +83,7 @@ bool Engine::NothingOutside(int fd, bool write) {
   return outside.load(std::memory_order_seq_cst) == 0;
 }
 
-void Engine::LeaveOutside(int fd, short op) {
+void Engine::LeaveOutside(int fd, core::IoOp op) {
   FdOrderState& state = fd_order_[fd];
   // seq_cst: see NothingOutside.
   if (state.outside[IsWrite(op) ? 1 : 0].fetch_sub(1, std::memory_order_seq_cst) == 1 &&
@@ -92,7 +92,7 @@ void Engine::LeaveOutside(int fd, short op) {
   }
 }
 
-void Engine::Uncount(int fd, short op, uint32_t flags) {
+void Engine::Uncount(int fd, core::IoOp op, uint32_t flags) {
   if (fd < 0 || fd >= kFdKinds || !(flags & core::kSlotCounted)) return;
   FdOrderState& state = fd_order_[fd];
   if (flags & core::kSlotOutside) LeaveOutside(fd, op);
@@ -103,21 +103,21 @@ void Engine::Uncount(int fd, short op, uint32_t flags) {
 bool Engine::MoveToLane(uint32_t index, uint64_t word) {
   core::Slot& slot = slots_.at(index);
   if (!(slot.flags & core::kSlotOutside)) return false;
-  const int fd = slot.cb.aio_fildes;
-  const short op = slot.cb.aio_lio_opcode;
+  const int fd = slot.io.fd;
+  const core::IoOp op = slot.io.op;
   const StreamLanes::Order order = StreamLanes::OrderFor(StreamLanes::Classify(fd), op);
   if (order == StreamLanes::Order::kFree) return false;
   if (order == StreamLanes::Order::kAppendPool && slot.partial > 0 && !IsVectored(op)) {
-    // Its head runs in the pool, whose blocking call resumes a plain request from its iocb (a
+    // Its head runs in the pool, whose blocking call resumes a plain request from its description (a
     // vectored one skips `partial` bytes of its iovecs): advance it past what the kernel wrote, or
     // those bytes would be appended twice.
-    slot.cb.u.c.buf = static_cast<char*>(slot.cb.u.c.buf) + slot.partial;
-    slot.cb.u.c.nbytes -= slot.partial;
-    slot.cb.u.c.offset += static_cast<long long>(slot.partial);
+    slot.io.buf = static_cast<char*>(slot.io.buf) + slot.partial;
+    slot.io.nbytes -= slot.partial;
+    slot.io.offset += static_cast<long long>(slot.partial);
   }
   const uint32_t flags = slot.flags;
   slot.flags = (flags & ~core::kSlotOutside) | core::kSlotStream;
-  // acq_rel: the lane that acquires kPoolQueued sees the iocb and flags.
+  // acq_rel: the lane that acquires kPoolQueued sees the request and flags.
   if (!core::Move(slot, word, SlotState::kPoolQueued)) {
     slot.flags = flags;
     return false;

@@ -117,9 +117,9 @@ void Engine::SubmitInline(ProducerToken& token) {
 
 bool Engine::ReadNow(uint32_t index, uint64_t& word) {
   core::Slot& slot = slots_.at(index);
-  const short op = slot.cb.aio_lio_opcode;
-  if (op != IO_CMD_PREAD && op != IO_CMD_PREADV) return false;
-  const int fd = slot.cb.aio_fildes;
+  const core::IoOp op = slot.io.op;
+  if (!core::IsRead(op)) return false;
+  const int fd = slot.io.fd;
   const int kind = FdKindOf(fd);
   if (kind == kFdUnknown) {
     // Never seen through io_submit (the submitter thread learns nothing there): one look. An
@@ -137,7 +137,7 @@ bool Engine::ReadNow(uint32_t index, uint64_t& word) {
   }
   // Not an empty read: preadv2 of no bytes says 0 without looking at the file, where pread and
   // kernel AIO say EISDIR for a directory (the differential test's finding).
-  const uint64_t wanted = RequestBytes(slot.cb);
+  const uint64_t wanted = core::RequestBytes(slot.io);
   if (wanted == 0) return false;
   // kStreamTrying, as a lane's non-blocking attempt: a canceller waits the microsecond for its
   // outcome (completed: all done; back to kQueued or the pool: cancelled), so its answer does not
@@ -149,12 +149,12 @@ bool Engine::ReadNow(uint32_t index, uint64_t& word) {
   // "Cancel said kCanceled, yet the request delivered another result").
   uint64_t expected = word;
   if (!core::Move(slot, expected, SlotState::kStreamTrying)) return false;
-  struct iovec one = {slot.cb.u.c.buf, static_cast<size_t>(slot.cb.u.c.nbytes)};
-  const bool vectored = op == IO_CMD_PREADV;
+  struct iovec one = {slot.io.buf, static_cast<size_t>(slot.io.nbytes)};
+  const bool vectored = op == core::IoOp::kReadv;
   const int64_t start = MonotonicNs();
   const int64_t result =
-      sys_.Preadv2(fd, vectored ? static_cast<const struct iovec*>(slot.cb.u.c.buf) : &one,
-                   vectored ? static_cast<int>(slot.cb.u.c.nbytes) : 1, slot.cb.u.c.offset, RWF_NOWAIT);
+      sys_.Preadv2(fd, vectored ? static_cast<const struct iovec*>(slot.io.buf) : &one,
+                   vectored ? static_cast<int>(slot.io.nbytes) : 1, slot.io.offset, RWF_NOWAIT);
   // An O_DIRECT read waits for the device here, RWF_NOWAIT or not. The fd's kind says its requests
   // completed inside io_submit, which an O_DIRECT one never does, but the program may have put an
   // O_DIRECT file on the number since. Looking (F_GETFL) before every read cost 12% of page-cache
@@ -175,7 +175,7 @@ bool Engine::ReadNow(uint32_t index, uint64_t& word) {
     // Not (all) in the page cache, or a file that cannot say: the pool reads it, as after the
     // kernel's refusal of the same RWF_NOWAIT read (RouteKernelResult). Not counted in
     // nowait_retries: it never reached kernel_submitted, so it counts as a pool request only.
-    slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
+    slot.io.nowait = false;
     slot.flags &= ~core::kSlotNowait;
     core::Publish(slot, word, SlotState::kPoolQueued);
     PoolPush(index);
@@ -260,7 +260,7 @@ void Engine::EnsureUnsignalledWatched() {
 void Engine::Resignal(core::Slot& slot) {
   if (!(slot.flags & core::kSlotUnsignalled)) return;
   slot.flags &= ~core::kSlotUnsignalled;
-  slot.cb.u.c.flags |= kIocbFlagResfd;
+  slot.io.signal = true;
   // seq_cst: the count of the unsignalled_ / reaper_watching_ handshake (engine.h); once it reaches 0
   // the reaper stops watching.
   unsignalled_.fetch_sub(1, std::memory_order_seq_cst);

@@ -101,7 +101,6 @@ void Engine::WatchUnsignalled() {
 }
 
 bool Engine::ReapAvailable(bool inline_caller) {
-  std::vector<struct io_event>& events = reap_events_;
   bool emptied = true;
   while (true) {
     // seq_cst, with the load of in_kernel_: the reaper's side of reaping_ vs in_kernel_ (engine.h): set
@@ -110,9 +109,9 @@ bool Engine::ReapAvailable(bool inline_caller) {
     if (in_kernel_.load(std::memory_order_seq_cst) == 0) break;
     // acquire: pairs with EnsureContext's release (the in_kernel_ load above already orders it after the
     // add that counted these requests, made after the context was stored).
-    io_context_t ctx = reinterpret_cast<io_context_t>(context_.load(std::memory_order_acquire));
-    struct timespec zero = {0, 0};
-    int got = sys_.IoGetEvents(ctx, 0, options_.reap_batch, events.data(), &zero);
+    const KernelAio::Context ctx = context_.load(std::memory_order_acquire);
+    const KernelAio::Event* events = nullptr;
+    int got = kernel_.Reap(ctx, &events);
     if (got == -EINTR) continue;
     if (got < 0) {
       if (!getevents_failing_) std::fprintf(stderr, "kaio: io_getevents failed: %s\n", std::strerror(-got));
@@ -122,7 +121,7 @@ bool Engine::ReapAvailable(bool inline_caller) {
     }
     getevents_failing_ = false;
     if (got == 0) break;
-    RouteEvents(events.data(), got, inline_caller);
+    RouteEvents(events, got, inline_caller);
     // No early exit on a short batch: io_getevents may return fewer events than are ready, and the
     // eventfd count that announced the rest is already consumed. Emptiness is the only exit (the
     // ring is read in user space, so the final empty look costs no syscall).
@@ -133,12 +132,10 @@ bool Engine::ReapAvailable(bool inline_caller) {
   return emptied;
 }
 
-void Engine::RouteEvents(const struct io_event* events, int got, bool inline_caller) {
+void Engine::RouteEvents(const KernelAio::Event* events, int got, bool inline_caller) {
   for (int i = 0; i < got; ++i) {
-    uint32_t index = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(events[i].data));
     if (core::PlantedBug(core::PlantedBugKind::kLostCompletion)) continue;
-    // Errors are a negative res; res2 is 0 and carries no error.
-    RouteKernelResult(index, static_cast<long>(events[i].res));
+    RouteKernelResult(events[i].index, events[i].result);
   }
   // relaxed: a statistic.
   if (inline_caller) counters_.inline_reaped.fetch_add(static_cast<uint64_t>(got), std::memory_order_relaxed);
@@ -162,7 +159,7 @@ void Engine::OnRoomFreed() {
 void Engine::RouteKernelResult(uint32_t index, int64_t result) {
   core::Slot& slot = slots_.at(index);
   // acquire: the kernel hand-off is invisible to TSan and to the memory model; this pairs with the
-  // submitter's release into kInKernel, so the iocb and flags it wrote are visible here.
+  // submitter's release into kInKernel, so the request and flags it wrote are visible here.
   uint64_t word = slot.word.load(std::memory_order_acquire);
   Resignal(slot);  // whatever happens next (pool, another submission), it gets the eventfd back
   // A lone read or write on a socket with an offset: kernel AIO says ESPIPE, where pread's ESPIPE
@@ -173,15 +170,15 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
     // or, on a stream, its lane (where it waits for readiness in no thread).
     // relaxed: a statistic.
     counters_.nowait_retries.fetch_add(1, std::memory_order_relaxed);
-    slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
+    slot.io.nowait = false;
     slot.flags &= ~core::kSlotNowait;
     // A filesystem that cannot write without blocking (ext4's buffered writes) says so for every
     // write: the next ones on this fd skip the kernel (see WriteRefusals).
-    if (result == -EOPNOTSUPP && (slot.cb.aio_lio_opcode == IO_CMD_PWRITE || slot.cb.aio_lio_opcode == IO_CMD_PWRITEV)) {
-      write_refusals_.Refused(slot.cb.aio_fildes);
+    if (result == -EOPNOTSUPP && IsWrite(slot.io.op)) {
+      write_refusals_.Refused(slot.io.fd);
     }
     if (MoveToLane(index, word)) return;
-    int fl = fcntl(slot.cb.aio_fildes, F_GETFL);
+    int fl = fcntl(slot.io.fd, F_GETFL);
     if (result == -EAGAIN && fl >= 0 && (fl & O_DIRECT)) {
       // O_DIRECT refused for a moment (device queue full): back to the kernel, without NOWAIT.
       slot.flags |= core::kSlotForceKernel;
@@ -201,7 +198,7 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
     }
     return;
   }
-  if ((slot.flags & core::kSlotNowait) && result > 0 && StoppedShort(slot.cb, result)) {
+  if ((slot.flags & core::kSlotNowait) && result > 0 && StoppedShort(slot.io, result)) {
     // The non-blocking attempt moved only part (a pipe's capacity, the cached prefix of a file): the
     // blocking call would have done it all, so the pool finishes the rest (a stream's lane, if it
     // is one: it skips `partial` bytes of plain and vectored requests alike). A vectored request
@@ -210,15 +207,15 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
     // hands the request on publishes it.
     std::atomic_ref<uint64_t>(slot.partial).store(slot.partial + static_cast<uint64_t>(result),
                                                   std::memory_order_relaxed);
-    slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
+    slot.io.nowait = false;
     slot.flags &= ~core::kSlotNowait;
     if (MoveToLane(index, word)) return;
-    if (!IsVectored(slot.cb.aio_lio_opcode)) {
-      slot.cb.u.c.buf = static_cast<char*>(slot.cb.u.c.buf) + result;
-      slot.cb.u.c.nbytes -= static_cast<uint64_t>(result);
+    if (!IsVectored(slot.io.op)) {
+      slot.io.buf = static_cast<char*>(slot.io.buf) + result;
+      slot.io.nbytes -= static_cast<uint64_t>(result);
     }
-    slot.cb.u.c.offset += result;
-    slot.cb.aio_rw_flags &= ~RWF_NOWAIT;
+    slot.io.offset += result;
+    slot.io.nowait = false;
     slot.flags &= ~core::kSlotNowait;
     if (core::Move(slot, word, SlotState::kPoolQueued)) {
       PoolPush(index);
@@ -228,13 +225,13 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
   Complete(index, SlotState::kInKernel, result);
 }
 
-bool Engine::StoppedShort(const struct iocb& cb, int64_t result) {
-  if (static_cast<uint64_t>(result) >= RequestBytes(cb)) return false;
-  if (cb.aio_lio_opcode == IO_CMD_PWRITE || cb.aio_lio_opcode == IO_CMD_PWRITEV) return true;
-  if (cb.aio_lio_opcode != IO_CMD_PREAD && cb.aio_lio_opcode != IO_CMD_PREADV) return false;
+bool Engine::StoppedShort(const core::IoRequest& io, int64_t result) {
+  if (static_cast<uint64_t>(result) >= core::RequestBytes(io)) return false;
+  if (IsWrite(io.op)) return true;
+  if (!core::IsRead(io.op)) return false;
   // A short read of a pipe or socket is its real answer; of a regular file, only at end of file.
   struct stat st;
-  return fstat(cb.aio_fildes, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
+  return fstat(io.fd, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
 }
 
 }  // namespace kaio::runtime

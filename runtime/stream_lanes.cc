@@ -27,7 +27,6 @@ using core::WordState;
 
 constexpr uint64_t kWakeKey = ~uint64_t{0};  // epoll data of wake_fd_; other entries hold an fd
 
-bool IsVectoredOp(short opcode) { return opcode == IO_CMD_PREADV || opcode == IO_CMD_PWRITEV; }
 
 }  // namespace
 
@@ -43,7 +42,7 @@ StreamLanes::Kind StreamLanes::Classify(int fd, int known_flags) {
   return flags >= 0 && (flags & O_DIRECT) ? Kind::kDirectFile : Kind::kFile;
 }
 
-StreamLanes::Order StreamLanes::OrderFor(Kind kind, short opcode) {
+StreamLanes::Order StreamLanes::OrderFor(Kind kind, core::IoOp opcode) {
   switch (kind) {
     case Kind::kStream:
       return Order::kStream;
@@ -78,14 +77,14 @@ uint64_t StreamLanes::threads_started() const {
   return threads_started_;
 }
 
-StreamLanes::Direction StreamLanes::DirectionOf(short opcode) {
-  return opcode == IO_CMD_PWRITE || opcode == IO_CMD_PWRITEV ? kWrite : kRead;
+StreamLanes::Direction StreamLanes::DirectionOf(core::IoOp opcode) {
+  return core::IsWrite(opcode) ? kWrite : kRead;
 }
 
 bool StreamLanes::Push(uint32_t index, Order order, bool front) {
   core::Slot& slot = slots_.at(index);
-  const int fd = slot.cb.aio_fildes;
-  const Direction dir = DirectionOf(slot.cb.aio_lio_opcode);
+  const int fd = slot.io.fd;
+  const Direction dir = DirectionOf(slot.io.op);
   bool to_pool = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -123,7 +122,7 @@ void StreamLanes::Ready(int fd) {
   WakeLocked();
 }
 
-void StreamLanes::OnPoolDone(uint32_t index, int fd, short opcode) {
+void StreamLanes::OnPoolDone(uint32_t index, int fd, core::IoOp opcode) {
   uint32_t next = core::SlotTable::kNoSlot;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -337,7 +336,7 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
     if (to_pool_now) {
       ReleaseHeldLocked(same);  // the pool's blocking call uses the number, as glibc's helper would
       same.pool_only = true;
-      // release: the worker that acquires kPoolQueued sees the iocb (nothing moved: cancellable).
+      // release: the worker that acquires kPoolQueued sees the request (nothing moved: cancellable).
       core::Publish(slot, word, SlotState::kPoolQueued);
       SendHeadToPoolLocked(same, &to_pool);
       break;
@@ -458,9 +457,9 @@ void StreamLanes::SweepCancelled(std::unique_lock<std::mutex>& lock) {
 
 StreamLanes::Attempt StreamLanes::TryWithoutBlocking(core::Slot& slot, int fd, bool* positional,
                                                      int64_t* result) {
-  const struct iocb& cb = slot.cb;
-  const bool write = DirectionOf(cb.aio_lio_opcode) == kWrite;
-  const bool vectored = IsVectoredOp(cb.aio_lio_opcode);
+  const core::IoRequest& io = slot.io;
+  const bool write = DirectionOf(io.op) == kWrite;
+  const bool vectored = core::IsVectored(io.op);
   // One attempt moves at most this much before the other streams get a turn (a 100 MB write to a
   // fast socket would otherwise hold the lanes' thread, and every other stream, for a long time).
   constexpr uint64_t kYieldAfter = 1 << 20;
@@ -470,8 +469,8 @@ StreamLanes::Attempt StreamLanes::TryWithoutBlocking(core::Slot& slot, int fd, b
     uint64_t skip = slot.partial;
     iov_.clear();
     if (vectored) {
-      const auto* iov = static_cast<const struct iovec*>(cb.u.c.buf);
-      for (uint64_t i = 0; i < cb.u.c.nbytes; ++i) {
+      const auto* iov = static_cast<const struct iovec*>(io.buf);
+      for (uint64_t i = 0; i < io.nbytes; ++i) {
         if (skip >= iov[i].iov_len) {
           skip -= iov[i].iov_len;
           continue;
@@ -480,11 +479,11 @@ StreamLanes::Attempt StreamLanes::TryWithoutBlocking(core::Slot& slot, int fd, b
         skip = 0;
       }
     } else {
-      iov_.push_back({static_cast<char*>(cb.u.c.buf) + skip, cb.u.c.nbytes - skip});
+      iov_.push_back({static_cast<char*>(io.buf) + skip, io.nbytes - skip});
     }
     // A seekable character device honours the offset, as glibc's pread does; a pipe or socket has
     // none (pread says ESPIPE; glibc then reads, ignoring aio_offset as POSIX allows).
-    const off_t offset = *positional ? static_cast<off_t>(cb.u.c.offset + slot.partial) : -1;
+    const off_t offset = *positional ? static_cast<off_t>(io.offset + slot.partial) : -1;
     const int cnt = static_cast<int>(iov_.size());
     ssize_t n = write ? pwritev2(fd, iov_.data(), cnt, offset, RWF_NOWAIT)
                       : preadv2(fd, iov_.data(), cnt, offset, RWF_NOWAIT);
@@ -519,10 +518,10 @@ StreamLanes::Attempt StreamLanes::TryWithoutBlocking(core::Slot& slot, int fd, b
     std::atomic_ref<uint64_t>(slot.partial).store(slot.partial + static_cast<uint64_t>(n), std::memory_order_relaxed);
     uint64_t total = 0;
     if (vectored) {
-      const auto* iov = static_cast<const struct iovec*>(cb.u.c.buf);
-      for (uint64_t i = 0; i < cb.u.c.nbytes; ++i) total += iov[i].iov_len;
+      const auto* iov = static_cast<const struct iovec*>(io.buf);
+      for (uint64_t i = 0; i < io.nbytes; ++i) total += iov[i].iov_len;
     } else {
-      total = cb.u.c.nbytes;
+      total = io.nbytes;
     }
     if (slot.partial < total && n > 0 && slot.partial - partial_at_start >= kYieldAfter) return Attempt::kYield;
     if (slot.partial >= total || n == 0) {

@@ -26,12 +26,10 @@
 //
 // Memory ordering: a request enters a lane in kPoolQueued, stored (release) by the caller before
 // Push, and the mutex orders every lane change; the lanes' thread takes a head with an acq_rel CAS
-// kPoolQueued -> kStreamTrying, so it sees the iocb the producer filled, and Complete() publishes the
+// kPoolQueued -> kStreamTrying, so it sees the request the producer described, and Complete() publishes the
 // result. An attempt that finds nothing stores kPoolQueued back (release), after what it wrote.
 #ifndef KAIO_RUNTIME_STREAM_LANES_H_
 #define KAIO_RUNTIME_STREAM_LANES_H_
-
-#include <libaio.h>
 
 #include <cstdint>
 #include <deque>
@@ -64,7 +62,7 @@ class StreamLanes {
   // caller's F_GETFL of it, is >= 0). An fd statx refuses is kFile: the kernel gives the request
   // its error (EBADF) the usual way.
   static Kind Classify(int fd, int known_flags = -1);
-  static Order OrderFor(Kind kind, short opcode);
+  static Order OrderFor(Kind kind, core::IoOp opcode);
 
   explicit StreamLanes(Engine& engine);
   ~StreamLanes();  // stops the lanes' thread; the lanes must be empty
@@ -84,7 +82,7 @@ class StreamLanes {
   // submit the fd's next request, which may find the lane empty-looking and take its head (a
   // request that went the usual way is pushed at the front), and a stale head still in the lane
   // would then be popped in its place, the new request lost.
-  void OnPoolDone(uint32_t index, int fd, short opcode);
+  void OnPoolDone(uint32_t index, int fd, core::IoOp opcode);
   // A request in a lane was cancelled: complete it now, not when its turn comes.
   void Kick();
 
@@ -111,7 +109,7 @@ class StreamLanes {
   };
   enum class Attempt { kDone, kWouldBlock, kCannotNowait, kYield };
 
-  static Direction DirectionOf(short opcode);
+  static Direction DirectionOf(core::IoOp opcode);
   bool EnsureThreadLocked();
   void WakeLocked();
   void Loop();

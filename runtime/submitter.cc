@@ -112,8 +112,8 @@ bool Engine::EnsureContext() {
   // free up by the microsecond): without it, every request would make the call, and print a line.
   const absl::Time now = absl::Now();
   if (now < next_setup_attempt_) return false;
-  io_context_t ctx = nullptr;
-  int rc = sys_.IoSetup(options_.queue_depth, &ctx);
+  KernelAio::Context ctx = 0;
+  int rc = kernel_.Setup(options_.queue_depth, &ctx);
   if (rc < 0) {
     setup_backoff_ = std::clamp(setup_backoff_ * 2, absl::Milliseconds(100), absl::Seconds(10));
     next_setup_attempt_ = now + setup_backoff_;
@@ -140,7 +140,7 @@ bool Engine::EnsureContext() {
   setup_backoff_ = absl::ZeroDuration();
   next_setup_attempt_ = absl::InfinitePast();
   // release: Cancel() acquires the context to call io_cancel on it.
-  context_.store(reinterpret_cast<uintptr_t>(ctx), std::memory_order_release);
+  context_.store(ctx, std::memory_order_release);
   // relaxed: a statistic, read without ordering.
   counters_.contexts_created.fetch_add(1, std::memory_order_relaxed);
   return true;
@@ -158,13 +158,13 @@ void Engine::MaybeReleaseContext(absl::Time now) {
   // release (0 publishes nothing): a Cancel that loaded the old value meanwhile gets EINVAL from
   // io_cancel, as no request is in the kernel.
   context_.store(0, std::memory_order_release);
-  sys_.IoDestroy(reinterpret_cast<io_context_t>(ctx));
+  kernel_.Release(ctx);
   // relaxed: a statistic, read without ordering.
   counters_.contexts_released.fetch_add(1, std::memory_order_relaxed);
 }
 
 bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) {
-  struct iocb** cbs = submit_iocbs_.data();
+  kernel_.StartBatch();
   size_t kernel_count = 0;
   int64_t unsignalled_count = 0;
   bool goes_to_device = false;
@@ -183,14 +183,14 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       Complete(index, SlotState::kCancelledQueued, -ECANCELED);
       continue;
     }
-    if (IsReadOrWrite(slot.cb.aio_lio_opcode) && slot.cb.u.c.offset < 0) {
+    if (IsReadOrWrite(slot.io.op) && slot.io.offset < 0) {
       // As pread/pwrite (and glibc's aio_read/aio_write, which call them): EINVAL before anything
       // else is looked at, the fd included, and whatever kind of file it is (the stream lanes
       // ignore offsets). The C++ API refuses a negative offset at submission already.
       if (!Complete(index, SlotState::kQueued, -EINVAL)) Complete(index, SlotState::kCancelledQueued, -ECANCELED);
       continue;
     }
-    if (IsReadOrWrite(slot.cb.aio_lio_opcode)) {
+    if (IsReadOrWrite(slot.io.op)) {
       const StreamLanes::Order classified = DispatchOrder(slot, lone_may_go, &kind_cache);
       if (classified != StreamLanes::Order::kFree) {
         slot.flags |= core::kSlotStream;  // before the release below, for Cancel and the pool
@@ -210,10 +210,10 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       }
       continue;
     }
-    if (IsReadOrWrite(slot.cb.aio_lio_opcode) && !(slot.flags & core::kSlotForceKernel) &&
+    if (IsReadOrWrite(slot.io.op) && !(slot.flags & core::kSlotForceKernel) &&
         options_.fallback_threads > 0) {
       // Ask the kernel to refuse (EAGAIN) rather than block us; refusals go to the pool.
-      slot.cb.aio_rw_flags |= RWF_NOWAIT;
+      slot.io.nowait = true;
       slot.flags |= core::kSlotNowait;
     }
     // A lone page-cache read: a preadv2 costs less than io_submit and io_getevents, and on the
@@ -222,16 +222,21 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     if (count == 1 && (slot.flags & core::kSlotNowait) && ReadNow(index, word)) continue;
     // An inline caller reaps right after io_submit: for an fd whose requests finish inside it,
     // the eventfd would only wake the reaper for nothing (see fd_kind_).
-    const bool completes_inline = FdCompletesInline(slot.cb.aio_fildes);
+    const bool completes_inline = FdCompletesInline(slot.io.fd);
     if (!completes_inline) goes_to_device = true;
     const bool unsignalled = requeue != nullptr && (slot.flags & core::kSlotNowait) && completes_inline;
     if (unsignalled) {
-      slot.cb.u.c.flags &= ~kIocbFlagResfd;
+      slot.io.signal = false;
       slot.flags |= core::kSlotUnsignalled;
     }
+    if (IsWrite(slot.io.op) && core::PlantedBug(core::PlantedBugKind::kMisdirectedWrite)) slot.io.offset ^= 4096;
+    // The kernel's form is written before the release into kInKernel, so a canceller that sees
+    // the state finds it whole.
+    kernel_.Add(index, kernel_efd_.get());
     if (!core::Move(slot, word, SlotState::kInKernel)) {
+      kernel_.DropLast();
       if (unsignalled) {
-        slot.cb.u.c.flags |= kIocbFlagResfd;
+        slot.io.signal = true;
         slot.flags &= ~core::kSlotUnsignalled;
       }
       Complete(index, SlotState::kCancelledQueued, -ECANCELED);  // cancelled just now
@@ -239,18 +244,13 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     }
     if (unsignalled) ++unsignalled_count;
     if (requeue != nullptr) {
-      submit_meta_[kernel_count] = Submitted{index, WordGeneration(word), slot.cb.aio_fildes,
-                                             IsReadOrWrite(slot.cb.aio_lio_opcode)};
+      submit_meta_[kernel_count] = Submitted{index, WordGeneration(word), slot.io.fd, IsReadOrWrite(slot.io.op)};
     }
-    if ((slot.cb.aio_lio_opcode == IO_CMD_PWRITE || slot.cb.aio_lio_opcode == IO_CMD_PWRITEV) &&
-        core::PlantedBug(core::PlantedBugKind::kMisdirectedWrite)) {
-      slot.cb.u.c.offset ^= 4096;
-    }
-    cbs[kernel_count++] = &slot.cb;
+    ++kernel_count;
   }
   if (kernel_count == 0) return false;
   // relaxed: written only under the submit role, which we hold.
-  io_context_t ctx = reinterpret_cast<io_context_t>(context_.load(std::memory_order_relaxed));
+  const KernelAio::Context ctx = context_.load(std::memory_order_relaxed);
   // Counted before io_submit: a completion can be reaped before io_submit returns. seq_cst (an RMW,
   // so a release): a reaper whose load of in_kernel_ sees this add also sees the context stored
   // before it; and it is the count of the reaping_ and room_wanted_ handshakes (see engine.h).
@@ -266,7 +266,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     // a batch that goes to a device (see ServiceOptions::device_submit_chunk).
     size_t nr = kernel_count - done;
     if (goes_to_device) nr = std::min(nr, device_chunk_);
-    int rc = sys_.IoSubmit(ctx, static_cast<long>(nr), cbs + done);
+    int rc = kernel_.Submit(ctx, done, nr);
     int64_t took = MonotonicNs() - start;
     // relaxed: statistics; max_io_submit_ns has one writer at a time (the submit role), so load and store.
     counters_.io_submit_calls.fetch_add(1, std::memory_order_relaxed);
@@ -283,17 +283,15 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       eagain_streak = 0;
       continue;
     }
-    struct iocb* first = cbs[done];
-    // EBADF or EINVAL for the completion eventfd (IOCB_FLAG_RESFD), not the request: the program
-    // closed it or put another file on its number. Replace it and send the rest again.
-    if ((rc == -EBADF || rc == -EINVAL) && (first->u.c.flags & kIocbFlagResfd) &&
-        kernel_efd_.RepairIfLost(static_cast<int>(first->u.c.resfd))) {
+    // EBADF or EINVAL for the completion eventfd, not the request: the program closed it or put
+    // another file on its number. Replace it and send the rest again.
+    if (const int signal_fd = kernel_.BatchSignalFd(done);
+        (rc == -EBADF || rc == -EINVAL) && signal_fd >= 0 && kernel_efd_.RepairIfLost(signal_fd)) {
       kernel_efd_replaced_.store(true, std::memory_order_relaxed);  // a hint for the reaper's timeout
-      const int now_fd = kernel_efd_.get();
-      for (size_t i = done; i < kernel_count; ++i) cbs[i]->u.c.resfd = static_cast<unsigned>(now_fd);
+      kernel_.RepointSignals(done, kernel_efd_.get());
       continue;
     }
-    uint32_t index = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(first->data));
+    uint32_t index = kernel_.BatchIndex(done);
     core::Slot& slot = slots_.at(index);
     if (rc != -EINTR) Resignal(slot);  // the kernel did not take it (only EINTR retries it as it is)
     switch (ClassifySubmitError(rc == 0 ? -EAGAIN : rc, slot.flags & core::kSlotNowait)) {
@@ -306,7 +304,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
           // An inline caller must not wait for room: the rest goes back to the queue (never
           // seen by the kernel, so still cancellable) for the submitter thread.
           for (size_t i = done; i < kernel_count; ++i) {
-            uint32_t rest = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(cbs[i]->data));
+            uint32_t rest = kernel_.BatchIndex(i);
             core::Slot& s = slots_.at(rest);
             Resignal(s);
             // acquire: our own kInKernel word (the kernel refused it, nobody else moves it); the
@@ -333,7 +331,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
         int64_t ours_in_kernel = in_kernel_.load(std::memory_order_acquire) - static_cast<int64_t>(kernel_count - done);
         if (ours_in_kernel <= 0 && ++eagain_streak > 100) {
           for (size_t i = done; i < kernel_count; ++i) {
-            uint32_t rest = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(cbs[i]->data));
+            uint32_t rest = kernel_.BatchIndex(i);
             core::Slot& s = slots_.at(rest);
             Resignal(s);
             // acquire: our own kInKernel word (the kernel refused it, nobody else moves it); the
@@ -369,11 +367,11 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
         // Move below checks it again.
         uint64_t w = slot.word.load(std::memory_order_acquire);
         if (MoveToLane(index, w)) break;
-        if (IsWrite(slot.cb.aio_lio_opcode)) {
+        if (IsWrite(slot.io.op)) {
           // A filesystem without RWF_NOWAIT at all says so here, for every write (ext4 says it in
           // the completion of each buffered one: RouteKernelResult): the same two consequences.
-          write_refusals_.Refused(slot.cb.aio_fildes);
-          MarkBufferedFileWrite(slot, fcntl(slot.cb.aio_fildes, F_GETFL));
+          write_refusals_.Refused(slot.io.fd);
+          MarkBufferedFileWrite(slot, fcntl(slot.io.fd, F_GETFL));
         }
         if (core::Move(slot, w, SlotState::kPoolQueued)) {
           PoolPush(index);

@@ -593,12 +593,7 @@ TEST(ShutdownRace, ARequestIoSubmitRefusedDoesNotStrandTheReaper) {
     static char buf[64];
     const uint32_t index = engine->Claim(*sink, /*tag=*/0);
     ASSERT_NE(index, core::SlotTable::kNoSlot);
-    core::Slot& slot = engine->slots().at(index);
-    slot.cb.aio_fildes = file.fd();
-    slot.cb.aio_lio_opcode = IO_CMD_PREAD;
-    slot.cb.u.c.buf = buf;
-    slot.cb.u.c.nbytes = sizeof buf;
-    slot.cb.u.c.offset = 0;
+    engine->Describe(index, file.fd(), core::IoOp::kRead, buf, sizeof buf, 0, /*serial=*/0);
     sink->accepted.store(1, std::memory_order_seq_cst);
     engine->Enqueue(*token, index);
   }
@@ -722,7 +717,7 @@ class NextWriteOnDeliverySink : public core::CompletionSink {
     if (token_ == nullptr) token_ = engine_.NewProducerToken();
     const uint32_t index = engine_.Claim(*this, /*tag=*/n);
     ASSERT_NE(index, core::SlotTable::kNoSlot);
-    engine_.Describe(index, fd_, IO_CMD_PWRITE, buf, n, 0, /*serial=*/0);
+    engine_.Describe(index, fd_, core::IoOp::kWrite, buf, n, 0, /*serial=*/0);
     accepted.fetch_add(1, std::memory_order_seq_cst);
     engine_.Enqueue(*token_, index);
   }
