@@ -1,5 +1,5 @@
 // kaio::Requester: a thin wrapper around one runtime::Client (runtime/client.h), which does the
-// work; this file only takes the service's mailbox for it and gives it back.
+// work (its mailbox, taken from the service's pool, included).
 #include "kaio/requester.h"
 
 #include "runtime/client.h"
@@ -8,20 +8,16 @@
 namespace kaio {
 
 absl::StatusOr<std::unique_ptr<Requester>> Requester::Create(Service& service, const RequesterOptions& options) {
-  absl::StatusOr<core::Mailbox*> mailbox = service.mailboxes_->Take();
-  if (!mailbox.ok()) return mailbox.status();
-  return std::unique_ptr<Requester>(
-      new Requester(service, std::make_unique<runtime::Client>(*service.engine_, *mailbox, options.inline_io)));
+  absl::StatusOr<std::unique_ptr<runtime::Client>> client =
+      runtime::Client::Create(*service.engine_, *service.mailboxes_, options.inline_io);
+  if (!client.ok()) return client.status();
+  return std::unique_ptr<Requester>(new Requester(*std::move(client)));
 }
 
-Requester::Requester(Service& service, std::unique_ptr<runtime::Client> client)
-    : service_(service), client_(std::move(client)) {}
+Requester::Requester(std::unique_ptr<runtime::Client> client) : client_(std::move(client)) {}
 
-Requester::~Requester() {
-  core::Mailbox* mailbox = client_->mailbox();
-  client_.reset();  // waits for every outstanding request
-  service_.mailboxes_->GiveBack(mailbox);
-}
+// The client waits for every outstanding request, then gives its mailbox back.
+Requester::~Requester() = default;
 
 absl::StatusOr<Ticket> Requester::Read(int fd, void* buf, size_t length, int64_t offset, uint64_t tag) {
   return client_->Read(fd, buf, length, offset, tag);

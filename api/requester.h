@@ -135,9 +135,8 @@ class Requester {
   uint64_t in_flight() const;
 
  private:
-  Requester(Service& service, std::unique_ptr<runtime::Client> client);
+  explicit Requester(std::unique_ptr<runtime::Client> client);
 
-  Service& service_;
   std::unique_ptr<runtime::Client> client_;  // does the work (runtime/client.h)
 };
 

@@ -20,7 +20,7 @@ absl::StatusOr<std::unique_ptr<Service>> Service::CreateWithSyscalls(const Servi
 }
 
 Service::Service(std::unique_ptr<runtime::Engine> engine)
-    : engine_(std::move(engine)), mailboxes_(std::make_unique<runtime::MailboxPool>(engine_->slots())) {}
+    : engine_(std::move(engine)), mailboxes_(std::make_unique<runtime::MailboxPool>(*engine_)) {}
 
 Service::~Service() {
   Shutdown();

@@ -42,8 +42,14 @@ absl::Status ShutDownError() {
 
 }  // namespace
 
-Client::Client(Engine& engine, core::Mailbox* mailbox, bool inline_io)
-    : engine_(engine), mailbox_(mailbox), token_(engine_.NewProducerToken()), inline_io_(inline_io) {
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(Engine& engine, MailboxPool& pool, bool inline_io) {
+  absl::StatusOr<core::Mailbox*> mailbox = pool.Take();
+  if (!mailbox.ok()) return mailbox.status();
+  return std::unique_ptr<Client>(new Client(engine, pool, *mailbox, inline_io));
+}
+
+Client::Client(Engine& engine, MailboxPool& pool, core::Mailbox* mailbox, bool inline_io)
+    : engine_(engine), pool_(pool), mailbox_(mailbox), token_(engine_.NewProducerToken()), inline_io_(inline_io) {
   engine_.RegisterSink(mailbox_);
 }
 
@@ -64,6 +70,7 @@ Client::~Client() {
     slots.Free(index, slots.at(index).word.load(std::memory_order_acquire));
   }
   engine_.UnregisterSink(mailbox_);
+  pool_.GiveBack(mailbox_);
 }
 
 // ---------------------------------------------------------------- submission
@@ -405,7 +412,7 @@ uint64_t Client::in_flight() const {
 
 // ---------------------------------------------------------------- the mailbox pool
 
-MailboxPool::MailboxPool(core::SlotTable& slots) : slots_(slots) {}
+MailboxPool::MailboxPool(Engine& engine) : slots_(engine.slots()) {}
 
 MailboxPool::~MailboxPool() = default;
 

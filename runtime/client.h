@@ -4,8 +4,9 @@
 // relies on is written there.
 //
 // Threading: one thread at a time, as the Requester; Error() from any thread.
-// Ownership: the mailbox is the caller's (Service keeps a pool of them) and must outlive the Client;
-// the destructor waits for every outstanding request and frees the slots still holding results.
+// Ownership: the mailbox is the pool's (Service keeps one, MailboxPool) and goes back to it when the
+// Client is destroyed, after the destructor has waited for every outstanding request and freed the
+// slots still holding results.
 #ifndef KAIO_RUNTIME_CLIENT_H_
 #define KAIO_RUNTIME_CLIENT_H_
 
@@ -33,9 +34,13 @@ class SlotTable;
 
 namespace kaio::runtime {
 
+class MailboxPool;
+
 class Client {
  public:
-  Client(Engine& engine, core::Mailbox* mailbox, bool inline_io);
+  // A client with a mailbox of `pool`'s (a recycled one, or a new one; given back by the
+  // destructor), or the error of making a mailbox (its wake-up eventfd: EMFILE).
+  static absl::StatusOr<std::unique_ptr<Client>> Create(Engine& engine, MailboxPool& pool, bool inline_io);
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
@@ -57,7 +62,6 @@ class Client {
   CancelResult CancelAll(int fd);
   int NotifyFd();
   uint64_t in_flight() const;
-  core::Mailbox* mailbox() const { return mailbox_; }
 
  private:
   // inline_io: flush, then reap what the kernel finished (for every requester) on this thread.
@@ -73,7 +77,10 @@ class Client {
   // Serial numbers for this client's tickets: a block of the process-wide range at a time.
   uint64_t NextSerial();
 
+  Client(Engine& engine, MailboxPool& pool, core::Mailbox* mailbox, bool inline_io);
+
   Engine& engine_;
+  MailboxPool& pool_;
   core::Mailbox* mailbox_;
   std::unique_ptr<Engine::ProducerToken> token_;
   bool notify_mode_ = false;
@@ -88,7 +95,7 @@ class Client {
 // engine (whose threads deliver). Thread-safe (a mutex: once per client created or destroyed).
 class MailboxPool {
  public:
-  explicit MailboxPool(core::SlotTable& slots);
+  explicit MailboxPool(Engine& engine);
   ~MailboxPool();
   absl::StatusOr<core::Mailbox*> Take();
   void GiveBack(core::Mailbox* mailbox);
