@@ -14,25 +14,15 @@ namespace {
 // IOCB_FLAG_RESFD of <linux/aio_abi.h> (which clashes with <libaio.h>): libaio's io_set_eventfd sets it.
 constexpr unsigned kIocbFlagResfd = 1u << 0;
 
-short OpcodeOf(core::IoOp op) {
-  switch (op) {
-    case core::IoOp::kRead:
-      return IO_CMD_PREAD;
-    case core::IoOp::kWrite:
-      return IO_CMD_PWRITE;
-    case core::IoOp::kReadv:
-      return IO_CMD_PREADV;
-    case core::IoOp::kWritev:
-      return IO_CMD_PWRITEV;
-    case core::IoOp::kFsync:
-      return IO_CMD_FSYNC;
-    case core::IoOp::kFdsync:
-      return IO_CMD_FDSYNC;
-    case core::IoOp::kNone:
-      break;
-  }
-  return IO_CMD_NOOP;  // the kernel answers EINVAL, as for any opcode it does not know
-}
+// Linux AIO's opcode for each core::IoOp, in the enum's order (kNone: IO_CMD_NOOP, which the kernel
+// answers with EINVAL, as any opcode it does not know).
+constexpr short kOpcodes[] = {IO_CMD_NOOP,   IO_CMD_PREAD, IO_CMD_PWRITE, IO_CMD_PREADV,
+                              IO_CMD_PWRITEV, IO_CMD_FSYNC, IO_CMD_FDSYNC};
+static_assert(static_cast<size_t>(core::IoOp::kFdsync) + 1 == sizeof(kOpcodes) / sizeof(kOpcodes[0]));
+static_assert(kOpcodes[static_cast<size_t>(core::IoOp::kRead)] == IO_CMD_PREAD);
+static_assert(kOpcodes[static_cast<size_t>(core::IoOp::kWritev)] == IO_CMD_PWRITEV);
+
+short OpcodeOf(core::IoOp op) { return kOpcodes[static_cast<size_t>(op)]; }
 
 uint32_t IndexOf(const struct iocb& cb) { return static_cast<uint32_t>(reinterpret_cast<uintptr_t>(cb.data)); }
 
