@@ -118,10 +118,7 @@ Engine::~Engine() {
   if (reaper_.joinable()) reaper_.join();
   pool_.Stop();
   lanes_.reset();  // after the pool, which tells the lanes when it finishes one of theirs
-  // acquire (any order would do: its only writer, the submitter, is joined).
-  if (uintptr_t ctx = context_.load(std::memory_order_acquire); ctx != 0) {
-    kernel_.Release(ctx);
-  }
+  context_.Release();  // its only other user, the submitter, is joined
 }
 
 // ---------------------------------------------------------------- producers
@@ -344,9 +341,9 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
       case SlotState::kCancelledQueued:
         return CancelResult::kCanceled;
       case SlotState::kInKernel: {
-        // acquire: pairs with EnsureContext's release. A context released since is seen only if the request
-        // left the kernel meanwhile (in_kernel_ was 0): io_cancel then says EINVAL, as for one that runs on.
-        uintptr_t ctx = context_.load(std::memory_order_acquire);
+        // A context released since is seen only if the request left the kernel meanwhile
+        // (in_kernel_ was 0): io_cancel then says EINVAL, as for one that runs on.
+        const KernelAio::Context ctx = context_.Current();
         int64_t cancelled_result = 0;
         int rc = kernel_.Cancel(ctx, index, &cancelled_result);
         if (rc == 0) {
@@ -471,8 +468,8 @@ ServiceStats Engine::Stats() const {
   s.nowait_retries = counters_.nowait_retries.load(std::memory_order_relaxed);
   s.stream_requests = counters_.stream_requests.load(std::memory_order_relaxed);
   s.max_io_submit_ns = counters_.max_io_submit_ns.load(std::memory_order_relaxed);
-  s.contexts_created = counters_.contexts_created.load(std::memory_order_relaxed);
-  s.contexts_released = counters_.contexts_released.load(std::memory_order_relaxed);
+  s.contexts_created = context_.created();
+  s.contexts_released = context_.released();
   s.pool_threads = pool_.threads_started();
   s.pool_running = counters_.pool_running.load(std::memory_order_relaxed);
   s.queue_block_allocations = QueueTraits::allocations.load(std::memory_order_relaxed);

@@ -53,13 +53,14 @@
 // one at a time per fd and direction, in the stream lanes (runtime/stream_lanes.h); DispatchOrder
 // decides, per request, with a look at the fd only when another request of it is in flight.
 //
-// Files, one per hop (members of this class, except the three hops that are classes of their own:
-// KernelAio, FallbackPool's workers and StreamLanes; runtime/engine_internal.h holds the helpers
-// they share):
+// Files, one per hop (members of this class, except the parts that are classes of their own:
+// KernelAio, AioContext, FallbackPool's workers and StreamLanes; runtime/engine_internal.h holds
+// the helpers they share):
 //   engine.cc         creation and shutdown, the producer side (Claim, Enqueue), Complete, Cancel,
 //                     sinks and stats
 //   fd_order.cc       which requests keep their call order and go to a lane (DispatchOrder)
-//   submitter.cc      the submit queue's drain, the io context's life, submission (SubmitBatch)
+//   submitter.cc      the submit queue's drain, submission (SubmitBatch), when to release the context
+//   aio_context.cc    the context's life (class AioContext): set-up with its back-off, release
 //   reaper.cc         the completion eventfd, reaping, routing each result (RouteKernelResult)
 //   kernel_aio.cc     the seam to the kernel (class KernelAio): a context's set-up and release, a batch
 //                     submitted, completions reaped, a request cancelled; the only file that
@@ -91,6 +92,7 @@
 #include "core/hidden_fd.h"
 #include "core/slot.h"
 #include "core/syscalls.h"
+#include "runtime/aio_context.h"
 #include "runtime/fallback_pool.h"
 #include "runtime/kernel_aio.h"
 #include "runtime/stream_lanes.h"
@@ -261,7 +263,8 @@ class Engine {
   static void AcquireRole(std::atomic<bool>& role);
   // release: pairs with AcquireRole's acquire exchange, so the next holder sees what this one wrote.
   static void ReleaseRole(std::atomic<bool>& role) { role.store(false, std::memory_order_release); }
-  bool EnsureContext();
+  // After an idle spell (ServiceOptions::idle_release), releases the context if nothing is in the
+  // kernel and nobody reaps (the reaping_ vs in_kernel_ handshake above). The submit role's.
   void MaybeReleaseContext(absl::Time now);
   void WaitForWork(absl::Time deadline);
   void WakeSubmitter();
@@ -364,7 +367,7 @@ class Engine {
   // The kernel's interface (runtime/kernel_aio.h): its batch is the submit role's, its reaping the
   // reap role's.
   KernelAio kernel_;
-  std::atomic<KernelAio::Context> context_{0};  // created and released by the submitter
+  AioContext context_{kernel_, options_.queue_depth};  // its life (runtime/aio_context.h)
 
   std::atomic<bool> stopping_{false};
   std::atomic<bool> exiting_{false};
@@ -382,10 +385,6 @@ class Engine {
   std::vector<uint32_t> inline_batch_;
   std::vector<Submitted> learn_;        // the requests of an inline batch io_submit accepted
   absl::Time last_kernel_activity_;
-  // io_setup's back-off after a failure (see EnsureContext).
-  absl::Time next_setup_attempt_ = absl::InfinitePast();
-  absl::Duration setup_backoff_ = absl::ZeroDuration();
-  bool setup_failure_reported_ = false;
 
   // The blocking workers (runtime/fallback_pool.h).
   FallbackPool pool_{slots_, options_.fallback_threads, [this](uint32_t index) { RunPoolRequest(index); }};
@@ -401,7 +400,7 @@ class Engine {
     std::atomic<uint64_t> kernel_submitted{0}, io_submit_calls{0}, io_submit_eagain{0};
     std::atomic<uint64_t> pool_requests{0}, nowait_retries{0}, stream_requests{0};
     std::atomic<int64_t> max_io_submit_ns{0};
-    std::atomic<uint64_t> contexts_created{0}, contexts_released{0}, pool_running{0};
+    std::atomic<uint64_t> pool_running{0};
     std::atomic<uint64_t> accepted_by_gone_sinks{0};
     std::atomic<uint64_t> inline_submitted{0}, inline_reaped{0}, read_now{0};
   } counters_;

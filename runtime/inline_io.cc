@@ -63,9 +63,8 @@ void Engine::SubmitInline(ProducerToken& token) {
     WakeSubmitterOnce();
     return;
   }
-  // relaxed for context_: it is written only under the submit role, which we hold now; exiting_:
-  // acquire, pairs with ~Engine's store.
-  if (context_.load(std::memory_order_relaxed) == 0 || exiting_.load(std::memory_order_acquire) ||
+  // owned(): we hold the submit role now; exiting_: acquire, pairs with ~Engine's store.
+  if (context_.owned() == 0 || exiting_.load(std::memory_order_acquire) ||
       options_.fallback_threads == 0) {
     // Creating the io context (or the pool fallback when it cannot be) is the submitter's job.
     ReleaseRole(submit_role_);

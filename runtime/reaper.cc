@@ -107,9 +107,9 @@ bool Engine::ReapAvailable(bool inline_caller) {
     // the flag, then look at the count; the context is touched only when the count is not 0.
     reaping_.store(true, std::memory_order_seq_cst);
     if (in_kernel_.load(std::memory_order_seq_cst) == 0) break;
-    // acquire: pairs with EnsureContext's release (the in_kernel_ load above already orders it after the
-    // add that counted these requests, made after the context was stored).
-    const KernelAio::Context ctx = context_.load(std::memory_order_acquire);
+    // Current()'s acquire pairs with Ensure's release (the in_kernel_ load above already orders it
+    // after the add that counted these requests, made after the context was stored).
+    const KernelAio::Context ctx = context_.Current();
     const KernelAio::Event* events = nullptr;
     int got = kernel_.Reap(ctx, &events);
     if (got == -EINTR) continue;

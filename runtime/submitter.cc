@@ -58,8 +58,7 @@ void Engine::SubmitterLoop() {
     absl::Time now = absl::Now();
     MaybeReleaseContext(now);
     absl::Time deadline = absl::InfiniteFuture();
-    // relaxed: context_ is written only by the submit role's holder, which we are until the release below.
-    if (context_.load(std::memory_order_relaxed) != 0) {
+    if (context_.owned() != 0) {  // ours until the release below
       deadline = std::max(last_kernel_activity_ + options_.idle_release, now + absl::Milliseconds(1));
     }
     ReleaseRole(submit_role_);
@@ -105,62 +104,14 @@ void Engine::WaitForWork(absl::Time deadline) {
   }
 }
 
-bool Engine::EnsureContext() {
-  // relaxed: context_ is written only under the submit role, which the caller holds.
-  if (context_.load(std::memory_order_relaxed) != 0) return true;
-  // After a failure, io_setup is tried again only after a back-off (the system-wide limit does not
-  // free up by the microsecond): without it, every request would make the call, and print a line.
-  const absl::Time now = absl::Now();
-  if (now < next_setup_attempt_) return false;
-  KernelAio::Context ctx = 0;
-  int rc = kernel_.Setup(options_.queue_depth, &ctx);
-  if (rc < 0) {
-    setup_backoff_ = std::clamp(setup_backoff_ * 2, absl::Milliseconds(100), absl::Seconds(10));
-    next_setup_attempt_ = now + setup_backoff_;
-    if (setup_failure_reported_) return false;  // said once per run of failures
-    setup_failure_reported_ = true;
-    if (rc == -EAGAIN) {
-      std::fprintf(stderr,
-                   "kaio: io_setup(%d) failed with EAGAIN: the system-wide AIO limit is exhausted "
-                   "(fs.aio-nr=%s, fs.aio-max-nr=%s). Raise it with `sysctl -w fs.aio-max-nr=N` or lower "
-                   "ServiceOptions::queue_depth. Requests run in the blocking pool meanwhile; kaio tries "
-                   "again every few seconds and says nothing more until it succeeds.\n",
-                   options_.queue_depth, ReadProcValue("/proc/sys/fs/aio-nr").c_str(),
-                   ReadProcValue("/proc/sys/fs/aio-max-nr").c_str());
-    } else {
-      std::fprintf(stderr,
-                   "kaio: io_setup(%d) failed: %s; requests run in the blocking pool meanwhile (kaio "
-                   "tries again every few seconds and says nothing more until it succeeds).\n",
-                   options_.queue_depth, std::strerror(-rc));
-    }
-    return false;
-  }
-  if (setup_failure_reported_) std::fprintf(stderr, "kaio: io_setup(%d) succeeded again\n", options_.queue_depth);
-  setup_failure_reported_ = false;
-  setup_backoff_ = absl::ZeroDuration();
-  next_setup_attempt_ = absl::InfinitePast();
-  // release: Cancel() acquires the context to call io_cancel on it.
-  context_.store(ctx, std::memory_order_release);
-  // relaxed: a statistic, read without ordering.
-  counters_.contexts_created.fetch_add(1, std::memory_order_relaxed);
-  return true;
-}
-
 void Engine::MaybeReleaseContext(absl::Time now) {
-  // relaxed: as in EnsureContext (only the submit role's holder writes context_, and we hold it).
-  uintptr_t ctx = context_.load(std::memory_order_relaxed);
-  if (ctx == 0 || now - last_kernel_activity_ < options_.idle_release) return;
+  if (context_.owned() == 0 || now - last_kernel_activity_ < options_.idle_release) return;
   // Only the submit role's holder (us, now) adds to in_kernel_, so once it reads 0 here it stays 0. The reaper sets
   // reaping_ before it reads in_kernel_ and calls io_getevents (which reads the ring in user space:
   // a released context would be unmapped memory); seq_cst on both sides means one of us sees the
   // other.
   if (in_kernel_.load(std::memory_order_seq_cst) != 0 || reaping_.load(std::memory_order_seq_cst)) return;
-  // release (0 publishes nothing): a Cancel that loaded the old value meanwhile gets EINVAL from
-  // io_cancel, as no request is in the kernel.
-  context_.store(0, std::memory_order_release);
-  kernel_.Release(ctx);
-  // relaxed: a statistic, read without ordering.
-  counters_.contexts_released.fetch_add(1, std::memory_order_relaxed);
+  context_.Release();
 }
 
 bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) {
@@ -168,7 +119,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
   size_t kernel_count = 0;
   int64_t unsignalled_count = 0;
   bool goes_to_device = false;
-  bool have_context = EnsureContext();
+  bool have_context = context_.Ensure();
   // Which requests need their call order kept (streams, O_APPEND writes): see DispatchOrder. A lone
   // request goes the usual way only if the kernel can refuse what would block (RWF_NOWAIT: a pool
   // to take the refusal, and a context).
@@ -249,8 +200,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     ++kernel_count;
   }
   if (kernel_count == 0) return false;
-  // relaxed: written only under the submit role, which we hold.
-  const KernelAio::Context ctx = context_.load(std::memory_order_relaxed);
+  const KernelAio::Context ctx = context_.owned();  // we hold the submit role
   // Counted before io_submit: a completion can be reaped before io_submit returns. seq_cst (an RMW,
   // so a release): a reaper whose load of in_kernel_ sees this add also sees the context stored
   // before it; and it is the count of the reaping_ and room_wanted_ handshakes (see engine.h).
