@@ -27,7 +27,6 @@
 
 namespace kaio::runtime {
 
-std::atomic<uint64_t> QueueTraits::allocations{0};
 
 
 using core::SubmitErrorClass;
@@ -88,12 +87,12 @@ Engine::Engine(const ServiceOptions& options, core::Syscalls& sys, int submit_ef
     : options_(options),
       sys_(sys),
       slots_(static_cast<uint32_t>(options.max_requests)),
-      submit_efd_(submit_efd, MakeEventfd),
       kernel_efd_(kernel_efd, MakeEventfd),
+      submit_queue_(sys, submit_efd),
       fd_kind_(new std::atomic<uint8_t>[kFdKinds]()),
       fd_order_(new FdOrderState[kFdKinds]()),
       kernel_(sys, slots_, static_cast<size_t>(options.submit_batch), static_cast<size_t>(options.reap_batch)),
-      reaper_token_(std::make_unique<ProducerToken>(queue_)),
+      reaper_token_(submit_queue_.NewProducerToken()),
       device_chunk_(static_cast<size_t>(std::clamp(options.device_submit_chunk, 1, options.submit_batch))),
       submit_meta_(static_cast<size_t>(options.submit_batch)),
       inline_batch_(static_cast<size_t>(options.submit_batch)),
@@ -107,7 +106,7 @@ Engine::~Engine() {
   // seq_cst (a release would do): the flag publishes nothing; each thread loads it (acquire) once the
   // wake-ups below reach it.
   exiting_.store(true, std::memory_order_seq_cst);
-  WakeSubmitter();
+  submit_queue_.Wake();
   if (submitter_.joinable()) submitter_.join();
   // The reaper leaves once in_kernel_ is 0, and only the submitter still changes it: a request
   // io_submit refused (EBADF) is delivered first and uncounted after, so Shutdown() can return in
@@ -183,14 +182,13 @@ bool Engine::QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submit
   // relaxed: a claimed slot is ours alone, so the word is the one Claim stored.
   uint64_t word = slot.word.load(std::memory_order_relaxed);
   core::Publish(slot, word, SlotState::kQueued);  // the submitter (or a canceller) sees the described request
-  if (!queue_.enqueue(token, index)) {
+  if (!submit_queue_.Push(token, index)) {
     // moodycamel fails only when it cannot allocate a block: complete the request with ENOMEM
     // rather than lose it.
     Complete(index, SlotState::kQueued, -ENOMEM);
     return false;
   }
-  // seq_cst: the add is ordered after the enqueue for the submitter's CAS (see work_seq_).
-  *submitter_sleeps = (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) != 0;
+  *submitter_sleeps = submit_queue_.Announce();
   return true;
 }
 
@@ -215,7 +213,7 @@ bool Engine::WriteGoesStraightToPool(uint32_t index) {
 void Engine::Enqueue(ProducerToken& token, uint32_t index) {
   if (WriteGoesStraightToPool(index)) return;
   bool submitter_sleeps = false;
-  if (QueueAndAnnounce(token, index, &submitter_sleeps) && submitter_sleeps) WakeSubmitterOnce();
+  if (QueueAndAnnounce(token, index, &submitter_sleeps) && submitter_sleeps) submit_queue_.WakeOnce();
 }
 
 void Engine::EnqueueToPool(uint32_t index, KindCache* looked) {
@@ -235,21 +233,6 @@ void Engine::EnqueueToPool(uint32_t index, KindCache* looked) {
   } else {
     PushToLane(index, order);
   }
-}
-
-void Engine::WakeSubmitterOnce() {
-  // Only the producer that clears the sleep bit writes the eventfd: one wake-up per sleep, not one per
-  // request enqueued while the submitter is on its way up (that costs producers close to one eventfd
-  // write per request: 0.92 under load). seq_cst RMW: exactly one caller clears the bit, and it comes
-  // after the caller's add to work_seq_ (see there).
-  if (work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst) & 1) WakeSubmitter();
-}
-
-void Engine::WakeSubmitter() {
-  int rc = sys_.EventFdWrite(submit_efd_.get(), 1);
-  // EAGAIN means the counter is saturated, i.e. already readable. EBADF: the program closed it;
-  // the submitter's bounded wait ends within kIdleLookMs and replaces it.
-  (void)rc;
 }
 
 void Engine::AcquireRole(std::atomic<bool>& role) {
@@ -431,9 +414,9 @@ void Engine::Shutdown() {
   // loaded below.
   stopping_.store(true, std::memory_order_seq_cst);
   // An inline_io requester may have queued requests it has not flushed yet: the submitter takes them.
-  // seq_cst: an add like a producer's, so a submitter on its way to sleep fails its CAS (see work_seq_).
-  work_seq_.fetch_add(2, std::memory_order_seq_cst);
-  WakeSubmitterOnce();
+  // Announced like a producer's request, so a submitter on its way to sleep fails its CAS.
+  submit_queue_.Announce();
+  submit_queue_.WakeOnce();
   std::unique_lock<std::mutex> lock(sinks_mu_);
   drained_cv_.wait(lock, [this] {
     for (core::CompletionSink* sink : sinks_) {

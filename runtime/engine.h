@@ -19,10 +19,11 @@
 // submitter's release into kInKernel, the reaper's acquire). Beside that the engine runs these
 // handshakes, all seq_cst, so that of two sides that race at least one sees the other (most are
 // Dekker pairs: each side stores its own variable, then loads the other's):
-//  - sleep bit on work_seq_: a producer enqueues, then adds 2 (seq_cst RMW) and wakes the submitter
-//    if the add saw bit 0; the submitter loads work_seq_ (acquire) before its drain and, after an
-//    empty one, sets bit 0 by a CAS from that value. The CAS fails if any add came between (it drains
-//    again); an add after it sees the bit. Only the fetch_and that clears the bit writes the eventfd.
+//  - the submitter's sleep bit (runtime/submit_queue.h): a producer enqueues, then Announces (a
+//    seq_cst add) and wakes the submitter if the add saw the bit; the submitter reads the sequence
+//    before its drain and, after an empty one, sets the bit by a CAS from it (TrySleep). Every
+//    other hop that queues a request (the reaper, SubmitBatch handing one back, Shutdown's kick)
+//    announces it the same way.
 //  - room_wanted_ vs in_kernel_: the submitter, out of room, stores room_wanted_, then loads
 //    in_kernel_; whoever decrements in_kernel_ (reaper, Cancel, SubmitBatch) then loads room_wanted_
 //    (OnRoomFreed). Either the submitter sees the room or the decrementer sees the flag and wakes it.
@@ -54,11 +55,12 @@
 // decides, per request, with a look at the fd only when another request of it is in flight.
 //
 // Files, one per hop (members of this class, except the parts that are classes of their own:
-// KernelAio, AioContext, FallbackPool's workers and StreamLanes; runtime/engine_internal.h holds
-// the helpers they share):
+// SubmitQueue, KernelAio, AioContext, FallbackPool's workers and StreamLanes;
+// runtime/engine_internal.h holds the helpers they share):
 //   engine.cc         creation and shutdown, the producer side (Claim, Enqueue), Complete, Cancel,
 //                     sinks and stats
 //   fd_order.cc       which requests keep their call order and go to a lane (DispatchOrder)
+//   submit_queue.cc   the producers' queue and the submitter's sleep bit (class SubmitQueue)
 //   submitter.cc      the submit queue's drain, submission (SubmitBatch), when to release the context
 //   aio_context.cc    the context's life (class AioContext): set-up with its back-off, release
 //   reaper.cc         the completion eventfd, reaping, routing each result (RouteKernelResult)
@@ -96,22 +98,11 @@
 #include "runtime/fallback_pool.h"
 #include "runtime/kernel_aio.h"
 #include "runtime/stream_lanes.h"
+#include "runtime/submit_queue.h"
 #include "runtime/write_refusals.h"
 #include "kaio/types.h"
 
 namespace kaio::runtime {
-
-// The queue's memory comes through here, so allocations are counted (ServiceStats::queue_block_allocations):
-// a steady state allocates nothing, and a test can prove it.
-struct QueueTraits : moodycamel::ConcurrentQueueDefaultTraits {
-  static std::atomic<uint64_t> allocations;
-  static void* malloc(size_t size) {
-    // relaxed: a statistic (ServiceStats::queue_block_allocations), read without ordering.
-    allocations.fetch_add(1, std::memory_order_relaxed);
-    return std::malloc(size);
-  }
-  static void free(void* ptr) { std::free(ptr); }
-};
 
 class Engine {
  public:
@@ -128,9 +119,7 @@ class Engine {
   const ServiceOptions& options() const { return options_; }
 
   // A token for one producer thread (a requester); allocates once.
-  std::unique_ptr<ProducerToken> NewProducerToken() {
-    return std::make_unique<ProducerToken>(queue_);
-  }
+  std::unique_ptr<ProducerToken> NewProducerToken() { return submit_queue_.NewProducerToken(); }
 
   // Claims a slot for `sink`, in state kClaimed, with an empty request (core::IoRequest). Returns
   // SlotTable::kNoSlot when max_requests are alive.
@@ -246,7 +235,7 @@ class Engine {
   // EnqueueToPool, with the fd's kind already looked at (or null).
   void EnqueueToPool(uint32_t index, KindCache* looked);
 
-  // Moves a filled slot to kQueued, queues it and adds to work_seq_; false if the queue could not
+  // Moves a filled slot to kQueued, queues and announces it (SubmitQueue); false if the queue could not
   // take it (then it completed with ENOMEM). *submitter_sleeps: the add saw the sleep bit.
   bool QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submitter_sleeps);
 
@@ -266,9 +255,6 @@ class Engine {
   // After an idle spell (ServiceOptions::idle_release), releases the context if nothing is in the
   // kernel and nobody reaps (the reaping_ vs in_kernel_ handshake above). The submit role's.
   void MaybeReleaseContext(absl::Time now);
-  void WaitForWork(absl::Time deadline);
-  void WakeSubmitter();
-  void WakeSubmitterOnce();
 
   void ReaperLoop();
   // Waits up to timeout_ms for the kernel's eventfd and consumes its count; replaces the eventfd if
@@ -331,17 +317,13 @@ class Engine {
   const ServiceOptions options_;
   core::Syscalls& sys_;
   core::SlotTable slots_;
-  core::HiddenFd submit_efd_;  // wakes the submitter
   core::HiddenFd kernel_efd_;  // the kernel signals completions here; also wakes the reaper to stop
   // The program took kernel_efd_ and it was replaced: requests sent before announce themselves on
   // the old file, so the reaper looks at the ring every millisecond until nothing is in flight.
   std::atomic<bool> kernel_efd_replaced_{false};
 
-  moodycamel::ConcurrentQueue<uint32_t, QueueTraits> queue_;
-  // Producers add 2 after each enqueue; bit 0 is set while the submitter sleeps. A producer whose
-  // add saw bit 0 wakes it. The submitter sets the bit only with a CAS from the value it read before
-  // its last empty drain, so no enqueue can slip between its check and its sleep.
-  alignas(64) std::atomic<uint64_t> work_seq_{0};
+  // The producers' queue and the submitter's sleep bit (runtime/submit_queue.h).
+  SubmitQueue submit_queue_;
 
   alignas(64) std::atomic<int64_t> in_kernel_{0};  // requests the kernel took and the reaper has not seen
   std::atomic<bool> room_wanted_{false};  // the submitter sleeps until the kernel queue has room

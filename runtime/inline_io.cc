@@ -45,10 +45,10 @@ bool Engine::EnqueueDeferred(ProducerToken& token, uint32_t index) {
   // wake-up is left to the caller's SubmitInline.
   bool submitter_sleeps = false;
   if (!QueueAndAnnounce(token, index, &submitter_sleeps) || !submitter_sleeps) return false;
-  // Shutdown() sets stopping_ and then adds to work_seq_ (both seq_cst): if it kicked the submitter
+  // Shutdown() sets stopping_ and then Announces (both seq_cst): if it kicked the submitter
   // before our add, we see stopping_ here, and wake it ourselves rather than wait for a flush.
   if (stopping_.load(std::memory_order_seq_cst)) {
-    WakeSubmitterOnce();
+    submit_queue_.WakeOnce();
     return false;
   }
   return true;
@@ -60,7 +60,7 @@ void Engine::SubmitInline(ProducerToken& token) {
   // the submitter thread, so wake it if it sleeps.
   // acquire: taking the submit role (pairs with ReleaseRole's release).
   if (submit_role_.exchange(true, std::memory_order_acquire)) {
-    WakeSubmitterOnce();
+    submit_queue_.WakeOnce();
     return;
   }
   // owned(): we hold the submit role now; exiting_: acquire, pairs with ~Engine's store.
@@ -68,7 +68,7 @@ void Engine::SubmitInline(ProducerToken& token) {
       options_.fallback_threads == 0) {
     // Creating the io context (or the pool fallback when it cannot be) is the submitter's job.
     ReleaseRole(submit_role_);
-    WakeSubmitterOnce();
+    submit_queue_.WakeOnce();
     return;
   }
   bool handed_over = false;
@@ -80,7 +80,7 @@ void Engine::SubmitInline(ProducerToken& token) {
       handed_over = true;  // the kernel queue is full: the submitter waits for room, we do not
       break;
     }
-    size_t count = queue_.try_dequeue_bulk_from_producer(token, inline_batch_.data(), want);
+    size_t count = submit_queue_.DrainFrom(token, inline_batch_.data(), want);
     if (count == 0) break;
     // relaxed: a statistic.
     counters_.inline_submitted.fetch_add(count, std::memory_order_relaxed);
@@ -111,7 +111,7 @@ void Engine::SubmitInline(ProducerToken& token) {
     if (count < want) break;
   }
   ReleaseRole(submit_role_);
-  if (handed_over) WakeSubmitterOnce();
+  if (handed_over) submit_queue_.WakeOnce();
 }
 
 bool Engine::ReadNow(uint32_t index, uint64_t& word) {

@@ -150,9 +150,10 @@ void Engine::OnRoomFreed() {
   // switches, per reaped batch). Called after every decrement of in_kernel_ (seq_cst, see the
   // submitter's sleep).
   if (room_wanted_.load(std::memory_order_seq_cst) && room_wanted_.exchange(false, std::memory_order_seq_cst)) {
-    // seq_cst: an add like a producer's, so a submitter on its way to sleep fails its CAS and looks again.
-    work_seq_.fetch_add(2, std::memory_order_seq_cst);
-    WakeSubmitterOnce();
+    // Announced like a producer's request, so a submitter on its way to sleep fails its CAS and
+    // looks again.
+    submit_queue_.Announce();
+    submit_queue_.WakeOnce();
   }
 }
 
@@ -183,12 +184,12 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
       // O_DIRECT refused for a moment (device queue full): back to the kernel, without NOWAIT.
       slot.flags |= core::kSlotForceKernel;
       if (core::Move(slot, word, SlotState::kQueued)) {
-        if (!queue_.enqueue(*reaper_token_, index)) {
+        if (!submit_queue_.Push(*reaper_token_, index)) {
           Complete(index, SlotState::kQueued, -ENOMEM);
           return;
         }
-        // seq_cst: the reaper as a producer: its add after the enqueue, as in QueueAndAnnounce.
-        if (work_seq_.fetch_add(2, std::memory_order_seq_cst) & 1) WakeSubmitterOnce();
+        // The reaper as a producer: announced after the push, as in QueueAndAnnounce.
+        if (submit_queue_.Announce()) submit_queue_.WakeOnce();
       }
       return;
     }

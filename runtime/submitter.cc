@@ -35,16 +35,15 @@ using core::ClassifySubmitError;
 
 void Engine::SubmitterLoop() {
   std::vector<uint32_t> batch(static_cast<size_t>(options_.submit_batch));
-  moodycamel::ConsumerToken consumer(queue_);
+  std::unique_ptr<SubmitQueue::ConsumerToken> consumer = submit_queue_.NewConsumerToken();
   while (true) {
-    // acquire: pairs with producers' adds, so the drain below sees what they enqueued before.
-    uint64_t seq = work_seq_.load(std::memory_order_acquire);
+    uint64_t seq = submit_queue_.Sequence();  // before the drain: see SubmitQueue::TrySleep
     AcquireRole(submit_role_);
     // acquire (any order would do): only the submit role's holder adds to in_kernel_, so a stale value
     // errs high and room is never overestimated; running out of room goes through the seq_cst handshake.
     int64_t room = options_.queue_depth - in_kernel_.load(std::memory_order_acquire);
     size_t want = static_cast<size_t>(std::clamp<int64_t>(room, 0, options_.submit_batch));
-    size_t count = want == 0 ? 0 : queue_.try_dequeue_bulk(consumer, batch.data(), want);
+    size_t count = want == 0 ? 0 : submit_queue_.Drain(*consumer, batch.data(), want);
     if (count > 0) {
       SubmitBatch(batch.data(), count, nullptr);
       ReleaseRole(submit_role_);
@@ -62,45 +61,22 @@ void Engine::SubmitterLoop() {
       deadline = std::max(last_kernel_activity_ + options_.idle_release, now + absl::Milliseconds(1));
     }
     ReleaseRole(submit_role_);
-    // Sleep, unless a producer added work since `seq` (then the CAS fails and we drain again).
-    // seq_cst RMW: a producer's add comes before it (the CAS fails) or after (the add sees bit 0).
-    if (!work_seq_.compare_exchange_strong(seq, seq | 1, std::memory_order_seq_cst)) continue;
+    // Sleep, unless a producer added work since `seq` (then we drain again).
+    if (!submit_queue_.TrySleep(seq)) continue;
     if (want == 0) {
       // Sleeping for room: ask the reaper to wake us. seq_cst on the flag and on in_kernel_, here
       // and after every decrement (OnRoomFreed), so either we see the decrement or it sees the flag.
       room_wanted_.store(true, std::memory_order_seq_cst);
       if (in_kernel_.load(std::memory_order_seq_cst) < options_.queue_depth) {
         // Take the flag and the sleep bit back. relaxed for the flag: it publishes nothing, and a reaper that
-        // saw it set meanwhile only wakes us once for nothing. The bit: an RMW (seq_cst, as every access to
-        // work_seq_), so a producer that saw it set and clears it after us finds it clear and writes nothing.
+        // saw it set meanwhile only wakes us once for nothing.
         room_wanted_.store(false, std::memory_order_relaxed);
-        work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);  // the reaper freed room meanwhile
+        submit_queue_.EndSleep();  // the reaper freed room meanwhile
         continue;
       }
     }
-    WaitForWork(deadline);
-    // seq_cst RMW: if a producer cleared the bit first, it wrote the eventfd (our next wait returns at
-    // once); if we clear it first, a producer that saw it set finds it clear and writes nothing.
-    work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);
-  }
-}
-
-void Engine::WaitForWork(absl::Time deadline) {
-  const int fd = submit_efd_.get();
-  struct pollfd pfd = {fd, POLLIN, 0};
-  // Bounded even when idle: a program that closes the eventfd while we wait here leaves us polling
-  // its old file, which nobody can write any more.
-  int timeout_ms = core::kIdleLookMs;
-  if (deadline != absl::InfiniteFuture()) {
-    timeout_ms = static_cast<int>(std::clamp<int64_t>(
-        absl::ToInt64Milliseconds(absl::Ceil(deadline - absl::Now(), absl::Milliseconds(1))), 0, timeout_ms));
-  }
-  const int got = poll(&pfd, 1, timeout_ms);
-  if (got > 0 && !(pfd.revents & POLLNVAL)) {
-    uint64_t value;
-    sys_.EventFdRead(fd, &value);
-  } else if (got == 0 || (pfd.revents & POLLNVAL)) {
-    submit_efd_.RepairIfLost(fd);  // one fstat per idle second
+    submit_queue_.WaitForWork(deadline);
+    submit_queue_.EndSleep();
   }
 }
 
@@ -261,7 +237,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
             // Move below checks it again.
             uint64_t w = s.word.load(std::memory_order_acquire);
             if (core::Move(s, w, SlotState::kQueued)) {
-              if (!queue_.enqueue(*requeue, rest)) Complete(rest, SlotState::kQueued, -ENOMEM);
+              if (!submit_queue_.Push(*requeue, rest)) Complete(rest, SlotState::kQueued, -ENOMEM);
             } else {
               Complete(rest, SlotState::kInKernel, -EAGAIN);
             }
@@ -269,9 +245,9 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
           // seq_cst: decrements of in_kernel_, before OnRoomFreed's load of room_wanted_ (engine.h).
           in_kernel_.fetch_sub(static_cast<int64_t>(kernel_count - done), std::memory_order_seq_cst);
           OnRoomFreed();
-          // seq_cst: announced like a producer's add, after the enqueues above (see work_seq_).
-          work_seq_.fetch_add(2, std::memory_order_seq_cst);
-          WakeSubmitterOnce();
+          // Announced like a producer's requests, after the pushes above.
+          submit_queue_.Announce();
+          submit_queue_.WakeOnce();
           return true;
         }
         // The kernel's ring is full (other users of this context's share of aio-nr, or a fault).
@@ -299,15 +275,13 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
           OnRoomFreed();
           return false;
         }
-        // The sleep of SubmitterLoop: an acquire load, then a seq_cst CAS that fails if a producer added since.
-        uint64_t seq = work_seq_.load(std::memory_order_acquire);
-        if (work_seq_.compare_exchange_strong(seq, seq | 1, std::memory_order_seq_cst)) {
+        // The sleep of SubmitterLoop: it fails if a producer announced work since.
+        if (submit_queue_.TrySleep(submit_queue_.Sequence())) {
           // seq_cst: the room_wanted_ handshake (engine.h), but without its re-check of in_kernel_: a decrement
           // just before this store goes unseen, which the 1 ms bound on the wait makes harmless.
           room_wanted_.store(true, std::memory_order_seq_cst);
-          WaitForWork(absl::Now() + absl::Milliseconds(1));
-          // seq_cst RMW: as at the end of SubmitterLoop's sleep.
-          work_seq_.fetch_and(~uint64_t{1}, std::memory_order_seq_cst);
+          submit_queue_.WaitForWork(absl::Now() + absl::Milliseconds(1));
+          submit_queue_.EndSleep();
         }
         continue;
       }
