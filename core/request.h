@@ -1,5 +1,6 @@
 // The transitions of a request's life, as changes of its slot's state word (core/slot.h): the only
-// code outside the slot table's free stack (core/slot.cc) that writes Slot::word. Each hop calls
+// code outside the slot table's free stack (core/slot.cc) that writes Slot::word, and the three
+// ways to look at it (Look, LookOwn, LookAfterArming), the only code that reads it. Each hop calls
 // the transition it may make; the memory-ordering reason is here, once per kind of transition.
 //
 //   kFree --MarkClaimed--> kClaimed --Publish--> kQueued | kPoolQueued        (the requester)
@@ -24,6 +25,18 @@
 #include "core/slot.h"
 
 namespace kaio::core {
+
+// Looking at a request's word without moving it (the other hops read the state word only
+// through these, as they write it only through the transitions below).
+// acquire: whoever looks sees what the hop that last moved the request published with it (the
+// request, flags, result); each caller says at the site which release it pairs with.
+inline uint64_t Look(const Slot& slot) { return slot.word.load(std::memory_order_acquire); }
+// relaxed: for a slot the caller alone holds (claimed, or a completed one its sink took), whose
+// word is the one the caller itself stored or was handed.
+inline uint64_t LookOwn(const Slot& slot) { return slot.word.load(std::memory_order_relaxed); }
+// seq_cst: a waiter that armed its wake-up and then re-checks whether a request finished pairs
+// with MarkCompleted's seq_cst CAS: either it sees kCompleted or the completer sees it armed.
+inline uint64_t LookAfterArming(const Slot& slot) { return slot.word.load(std::memory_order_seq_cst); }
 
 // kFree -> kClaimed: the caller has just taken the slot off the free stack and owns it alone;
 // nothing is published yet (Publish does that), so relaxed. Returns the new word.

@@ -67,7 +67,7 @@ Client::~Client() {
   for (uint32_t index = mailbox_->PeekLocal(); index != kNoSlot; index = mailbox_->PeekLocal()) {
     mailbox_->Unlink(index);
     core::SlotTable& slots = engine_.slots();
-    slots.Free(index, slots.at(index).word.load(std::memory_order_acquire));
+    slots.Free(index, core::Look(slots.at(index)));
   }
   engine_.UnregisterSink(mailbox_);
   pool_.GiveBack(mailbox_);
@@ -177,7 +177,7 @@ size_t Client::TakeLocal(absl::Span<Completion> out) {
     if (index == kNoSlot) break;
     mailbox_->Unlink(index);
     core::Slot& slot = slots.at(index);
-    uint64_t word = slot.word.load(std::memory_order_acquire);
+    uint64_t word = core::Look(slot);
     out[n++] = Completion{Ticket(core::PackTicket(WordGeneration(word), index), slot.serial.load(std::memory_order_relaxed)), slot.tag,
                           slot.result.load(std::memory_order_relaxed)};
     if (core::PlantedBug(core::PlantedBugKind::kDoubleCompletion) && n < out.size()) out[n] = out[n - 1], ++n;
@@ -237,7 +237,7 @@ uint32_t Client::OwnSlot(Ticket ticket) const {
   core::SlotTable& slots = engine_.slots();
   if (!ticket.valid() || !slots.Contains(index)) return kNoSlot;
   const core::Slot& slot = slots.at(index);
-  uint64_t word = slot.word.load(std::memory_order_acquire);
+  uint64_t word = core::Look(slot);
   if (WordGeneration(word) != core::TicketGeneration(ticket.slot())) return kNoSlot;
   SlotState state = WordState(word);
   if (state == SlotState::kFree || state == SlotState::kReturned) return kNoSlot;
@@ -251,7 +251,7 @@ uint32_t Client::OwnSlot(Ticket ticket) const {
 bool Client::Finished(Ticket ticket) const {
   const core::Slot& slot = engine_.slots().at(core::TicketIndex(ticket.slot()));
   // seq_cst: re-checked after Arm() (see core/mailbox.h).
-  return !InFlight(WordState(slot.word.load(std::memory_order_seq_cst)));
+  return !InFlight(WordState(core::LookAfterArming(slot)));
 }
 
 absl::Status Client::WaitAll(absl::Span<const Ticket> tickets, absl::Duration timeout) {
@@ -315,7 +315,7 @@ int Client::Error(Ticket ticket) const {
   core::SlotTable& slots = engine_.slots();
   if (!ticket.valid() || !slots.Contains(index)) return EINVAL;
   const core::Slot& slot = slots.at(index);
-  uint64_t word = slot.word.load(std::memory_order_acquire);
+  uint64_t word = core::Look(slot);
   if (WordGeneration(word) != core::TicketGeneration(ticket.slot())) return EINVAL;
   // Any thread may ask: not ours (another requester's or service's request in a slot with the same
   // index and generation) is EINVAL, as a stale ticket. Checked again below with the word.
@@ -332,7 +332,7 @@ int Client::Error(Ticket ticket) const {
     case SlotState::kCompleted: {
       int64_t result = slot.result.load(std::memory_order_relaxed);
       // The slot may have been consumed and reused between the two loads: then the ticket is stale.
-      if (slot.word.load(std::memory_order_acquire) != word) return EINVAL;
+      if (core::Look(slot) != word) return EINVAL;
       return result < 0 ? static_cast<int>(-result) : 0;
     }
     default:
@@ -345,11 +345,11 @@ int64_t Client::Return(Ticket ticket) {
   if (index == kNoSlot) return -EINVAL;
   core::SlotTable& slots = engine_.slots();
   core::Slot& slot = slots.at(index);
-  uint64_t word = slot.word.load(std::memory_order_acquire);
+  uint64_t word = core::Look(slot);
   if (WordState(word) != SlotState::kCompleted && inline_io_) {
     // A caller that polls with Return() alone (POSIX style) must still see its requests move.
     PumpInline();
-    word = slot.word.load(std::memory_order_acquire);
+    word = core::Look(slot);
   }
   if (WordState(word) != SlotState::kCompleted) return -EINPROGRESS;
   int64_t result = slot.result.load(std::memory_order_relaxed);
@@ -384,7 +384,7 @@ CancelResult Client::CancelAll(int fd) {
   for (uint32_t index = 0; index < count; ++index) {
     const core::Slot& slot = slots.at(index);
     // acquire: if the slot is ours and live, its fields (written by this thread) are settled.
-    uint64_t word = slot.word.load(std::memory_order_acquire);
+    uint64_t word = core::Look(slot);
     SlotState state = WordState(word);
     if (!InFlight(state) || state == SlotState::kClaimed) continue;
     if (slot.sink.load(std::memory_order_relaxed) != mailbox_ || slot.io.fd != fd) continue;

@@ -153,12 +153,12 @@ uint32_t Engine::Describe(uint32_t index, int fd, core::IoOp op, void* buf, uint
   slot.io.offset = offset;
   slot.serial.store(serial, std::memory_order_relaxed);  // published with the request (Enqueue's release)
   // relaxed: the claimer owns the slot; the word is its own since Claim.
-  return WordGeneration(slot.word.load(std::memory_order_relaxed));
+  return WordGeneration(core::LookOwn(slot));
 }
 
 void Engine::Unclaim(uint32_t index) {
   // relaxed: a claimed slot is ours alone, so the word is the one Claim stored; Free's CAS checks it.
-  slots_.Free(index, slots_.at(index).word.load(std::memory_order_relaxed));
+  slots_.Free(index, core::LookOwn(slots_.at(index)));
 }
 
 Engine::Delivered Engine::TakeDelivered(uint32_t index) const {
@@ -167,7 +167,7 @@ Engine::Delivered Engine::TakeDelivered(uint32_t index) const {
   // (Complete) moved the slot into kCompleted after storing the result, and nobody else moves a
   // completed slot of a self-freeing sink until it calls FreeDelivered, so this reads that thread's
   // own write. What the request's earlier hops did reached this thread through the engine's acquires.
-  const uint64_t word = slot.word.load(std::memory_order_acquire);
+  const uint64_t word = core::Look(slot);
   // relaxed: stored by this thread before its CAS into kCompleted; atomic only for readers of
   // stale tickets.
   return Delivered{slot.result.load(std::memory_order_relaxed), WordGeneration(word)};
@@ -180,7 +180,7 @@ void Engine::FreeDelivered(uint32_t index, uint32_t generation) {
 bool Engine::QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submitter_sleeps) {
   core::Slot& slot = slots_.at(index);
   // relaxed: a claimed slot is ours alone, so the word is the one Claim stored.
-  uint64_t word = slot.word.load(std::memory_order_relaxed);
+  uint64_t word = core::LookOwn(slot);
   core::Publish(slot, word, SlotState::kQueued);  // the submitter (or a canceller) sees the described request
   if (!submit_queue_.Push(token, index)) {
     // moodycamel fails only when it cannot allocate a block: complete the request with ENOMEM
@@ -219,7 +219,7 @@ void Engine::Enqueue(ProducerToken& token, uint32_t index) {
 void Engine::EnqueueToPool(uint32_t index, KindCache* looked) {
   core::Slot& slot = slots_.at(index);
   // relaxed: a claimed slot is ours alone, so the word is the one Claim stored.
-  uint64_t word = slot.word.load(std::memory_order_relaxed);
+  uint64_t word = core::LookOwn(slot);
   // A negative offset is the pool's pread's EINVAL; only the lanes would ignore it. No lone request
   // skips the look here: this runs outside the submit role, concurrently with other dispatches of
   // the fd, and what the pool runs it cannot take back to a lane.
@@ -257,7 +257,7 @@ void Engine::AcquireRole(std::atomic<bool>& role) {
 bool Engine::Complete(uint32_t index, SlotState from, int64_t result) {
   core::Slot& slot = slots_.at(index);
   // relaxed: a first look only; MarkCompleted's CAS below checks the word again and acquires it.
-  uint64_t word = slot.word.load(std::memory_order_relaxed);
+  uint64_t word = core::LookOwn(slot);
   if (WordState(word) != from) return false;
   // relaxed: MarkCompleted's CAS below publishes it. Stored before that CAS, so it relies on only the
   // holder of `from` completing (two completers racing from one state could overwrite each other's).
@@ -291,7 +291,7 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
   if (!slots_.Contains(index)) return absl::InvalidArgumentError("kaio: unknown ticket (EINVAL)");
   core::Slot& slot = slots_.at(index);
   // acquire: pairs with the release of the state's last writer, so the partial read below is the one it published.
-  uint64_t word = slot.word.load(std::memory_order_acquire);
+  uint64_t word = core::Look(slot);
   bool rerouted = false;
   while (true) {
     if (WordGeneration(word) != generation) {
@@ -354,7 +354,7 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
           for (int tries = 0; tries < 100; ++tries) {
             ReapInline();
             // acquire: pairs with the release of whichever hop moved it on (the routing just done).
-            word = slot.word.load(std::memory_order_acquire);
+            word = core::Look(slot);
             if (WordGeneration(word) != generation || WordState(word) != SlotState::kInKernel) break;
             sched_yield();
           }
@@ -374,7 +374,7 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
         sched_yield();
         // acquire: pairs with the lanes' release back into kPoolQueued (or the completion), so the
         // kPoolQueued case reads the partial the attempt left.
-        word = slot.word.load(std::memory_order_acquire);
+        word = core::Look(slot);
         continue;
       case SlotState::kCompleted:
         return CancelResult::kAllDone;

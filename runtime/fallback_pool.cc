@@ -121,7 +121,7 @@ void Engine::RunPoolRequest(uint32_t index) {
   core::Slot& slot = slots_.at(index);
   // acquire: pairs with the release into kPoolQueued (core::Publish, or the Move of the hop that pushed
   // it; a canceller's CAS continues it), so the request, flags and partial read below are what it wrote.
-  uint64_t word = slot.word.load(std::memory_order_acquire);
+  uint64_t word = core::Look(slot);
   // A lane's head leaves its lane before its completion is delivered (see StreamLanes::OnPoolDone).
   const bool from_lane = (slot.flags & core::kSlotStream) != 0;
   if (WordState(word) == SlotState::kPoolQueued && core::Move(slot, word, SlotState::kPoolRunning)) {

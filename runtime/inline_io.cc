@@ -234,7 +234,7 @@ void Engine::LearnFdKinds(const Submitted* batch, size_t count) {
     // completed, whoever has the slot now.
     // acquire: pairs with the release of the hop that moved it since (only its state and generation
     // are read here, no data of the slot).
-    const uint64_t word = slots_.at(batch[i].index).word.load(std::memory_order_acquire);
+    const uint64_t word = core::Look(slots_.at(batch[i].index));
     const SlotState state = WordGeneration(word) == batch[i].generation ? WordState(word) : SlotState::kCompleted;
     // relaxed, both: a hint (see FdKindOf). The CAS leaves only kFdUnknown, so a kFdAsync once stored
     // stays, whichever order two learners run in.

@@ -161,7 +161,7 @@ void Engine::RouteKernelResult(uint32_t index, int64_t result) {
   core::Slot& slot = slots_.at(index);
   // acquire: the kernel hand-off is invisible to TSan and to the memory model; this pairs with the
   // submitter's release into kInKernel, so the request and flags it wrote are visible here.
-  uint64_t word = slot.word.load(std::memory_order_acquire);
+  uint64_t word = core::Look(slot);
   Resignal(slot);  // whatever happens next (pool, another submission), it gets the eventfd back
   // A lone read or write on a socket with an offset: kernel AIO says ESPIPE, where pread's ESPIPE
   // makes glibc read; its lane ignores the offset.

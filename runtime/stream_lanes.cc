@@ -275,7 +275,7 @@ void StreamLanes::RunLane(int fd, Direction dir, std::unique_lock<std::mutex>& l
     const uint32_t index = lane.requests.front();
     core::Slot& slot = slots_.at(index);
     // acquire: pairs with the producer's release into kPoolQueued (or a canceller's CAS).
-    uint64_t word = slot.word.load(std::memory_order_acquire);
+    uint64_t word = core::Look(slot);
     if (WordState(word) == SlotState::kCancelledQueued) {
       lane.requests.pop_front();
       ReleaseHeldLocked(lane);
@@ -433,7 +433,7 @@ void StreamLanes::SweepCancelled(std::unique_lock<std::mutex>& lock) {
           continue;
         }
         // acquire: pairs with the canceller's CAS into kCancelledQueued (we complete what it marked).
-        const uint64_t word = slots_.at(*it).word.load(std::memory_order_acquire);
+        const uint64_t word = core::Look(slots_.at(*it));
         if (WordState(word) == SlotState::kCancelledQueued) {
           if (it == lane.requests.begin()) ReleaseHeldLocked(lane);  // the next head needs a try
           cancelled.push_back(*it);

@@ -105,7 +105,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     uint32_t index = batch[i];
     core::Slot& slot = slots_.at(index);
     // acquire: pairs with the producer's release into kQueued (or a canceller's CAS).
-    uint64_t word = slot.word.load(std::memory_order_acquire);
+    uint64_t word = core::Look(slot);
     if (WordState(word) == SlotState::kCancelledQueued) {
       Complete(index, SlotState::kCancelledQueued, -ECANCELED);
       continue;
@@ -235,7 +235,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
             Resignal(s);
             // acquire: our own kInKernel word (the kernel refused it, nobody else moves it); the
             // Move below checks it again.
-            uint64_t w = s.word.load(std::memory_order_acquire);
+            uint64_t w = core::Look(s);
             if (core::Move(s, w, SlotState::kQueued)) {
               if (!submit_queue_.Push(*requeue, rest)) Complete(rest, SlotState::kQueued, -ENOMEM);
             } else {
@@ -262,7 +262,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
             Resignal(s);
             // acquire: our own kInKernel word (the kernel refused it, nobody else moves it); the
             // Move below checks it again.
-            uint64_t w = s.word.load(std::memory_order_acquire);
+            uint64_t w = core::Look(s);
             if (options_.fallback_threads > 0 &&
                 core::Move(s, w, SlotState::kPoolQueued)) {
               PoolPush(rest);
@@ -289,7 +289,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
         // This fd cannot promise not to block: run it in the pool (or its lane, for a tty).
         // acquire: our own kInKernel word (the kernel refused it, nobody else moves it); the
         // Move below checks it again.
-        uint64_t w = slot.word.load(std::memory_order_acquire);
+        uint64_t w = core::Look(slot);
         if (MoveToLane(index, w)) break;
         if (IsWrite(slot.io.op)) {
           // A filesystem without RWF_NOWAIT at all says so here, for every write (ext4 says it in
@@ -305,7 +305,7 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       case SubmitErrorClass::kFailRequest:
         // ESPIPE: as in RouteKernelResult (a lone socket request with an offset).
         // acquire: our own kInKernel word, as above; MoveToLane's Move checks it again.
-        if (rc == -ESPIPE && MoveToLane(index, slot.word.load(std::memory_order_acquire))) break;
+        if (rc == -ESPIPE && MoveToLane(index, core::Look(slot))) break;
         Complete(index, SlotState::kInKernel, rc);
         break;
     }
