@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/request.h"
 
 namespace kaio::core {
 
@@ -68,7 +69,7 @@ void Mailbox::Drain() {
     first = slot.mailbox_next;
     // acquire: pairs with MarkReturned's release (core/request.h), though that is the owner's own
     // store, made on this thread.
-    uint64_t word = slot.word.load(std::memory_order_acquire);
+    uint64_t word = Look(slot);
     if (WordState(word) == SlotState::kReturned) {
       slots_.Free(index, word);  // the owner already took the result
       continue;

@@ -1,6 +1,7 @@
 // The transitions of a request's life, as changes of its slot's state word (core/slot.h): the only
 // code outside the slot table's free stack (core/slot.cc) that writes Slot::word, and the three
-// ways to look at it (Look, LookOwn, LookAfterArming), the only code that reads it. Each hop calls
+// ways to look at it (Look, LookOwn, LookAfterArming), through which the engine, its clients and
+// core/mailbox.cc read it. (Tests, the fuzzer and the benchmark plant and inspect states directly.) Each hop calls
 // the transition it may make; the memory-ordering reason is here, once per kind of transition.
 //
 //   kFree --MarkClaimed--> kClaimed --Publish--> kQueued | kPoolQueued        (the requester)
@@ -32,7 +33,8 @@ namespace kaio::core {
 // request, flags, result); each caller says at the site which release it pairs with.
 inline uint64_t Look(const Slot& slot) { return slot.word.load(std::memory_order_acquire); }
 // relaxed: for a slot the caller alone holds (claimed, or a completed one its sink took), whose
-// word is the one the caller itself stored or was handed.
+// word is the one the caller itself stored or was handed; or for a first look that a
+// compare-and-swap checks again (Engine::Complete).
 inline uint64_t LookOwn(const Slot& slot) { return slot.word.load(std::memory_order_relaxed); }
 // seq_cst: a waiter that armed its wake-up and then re-checks whether a request finished pairs
 // with MarkCompleted's seq_cst CAS: either it sees kCompleted or the completer sees it armed.

@@ -120,7 +120,8 @@ struct alignas(64) Slot {
   // written at submission by runtime/kernel_aio.cc; io_cancel needs its address): no hop reads it.
   struct iocb aio_cb;
   // The client's own record of the request (see ClientRecord): last, on lines of its own, since
-  // only the client's two ends (describing, delivering) touch it.
+  // the engine never touches it (the client writes it when it describes a request and reads it at
+  // delivery; its scans read the words at any time).
   alignas(64) ClientRecord client;
 };
 

@@ -302,7 +302,8 @@ class Engine {
   // A ReadNow slower than this may have waited for a device: its fd is looked at (see ReadNow). A
   // 4 KiB page-cache read takes about 1 us here, an O_DIRECT one on the fastest devices 8 us.
   static constexpr int64_t kReadNowSlowNs = 5000;
-  // Gives back the eventfd flag of a request leaving the kernel (or never entering it).
+  // Gives back the eventfd flag of a request leaving the kernel (or never entering it), in its
+  // IoRequest and in the kernel form already built (KernelAio::Resignal).
   void Resignal(core::Slot& slot);
   void RouteKernelResult(uint32_t index, int64_t result);
   static bool StoppedShort(const core::IoRequest& io, int64_t result);

@@ -198,8 +198,8 @@ void Engine::ReapInline() {
   if (in_kernel_.load(std::memory_order_relaxed) == 0) return;
   // If the reap role is taken, its holder reaps until the ring is empty, and the reaper thread
   // (woken by the kernel's eventfd for anything that arrives later) waits for the role.
-  // acquire: taking the reap role (pairs with ReleaseRole's release), so reap_events_ and
-  // getevents_failing_ pass from holder to holder.
+  // acquire: taking the reap role (pairs with ReleaseRole's release), so KernelAio's reap buffers
+  // and getevents_failing_ pass from holder to holder.
   if (reap_role_.exchange(true, std::memory_order_acquire)) return;
   ReapAvailable(/*inline_caller=*/true);
   ReleaseRole(reap_role_);
@@ -259,7 +259,7 @@ void Engine::EnsureUnsignalledWatched() {
 void Engine::Resignal(core::Slot& slot) {
   if (!(slot.flags & core::kSlotUnsignalled)) return;
   slot.flags &= ~core::kSlotUnsignalled;
-  slot.io.signal = true;
+  kernel_.Resignal(slot, kernel_efd_.get());
   // seq_cst: the count of the unsignalled_ / reaper_watching_ handshake (engine.h); once it reaches 0
   // the reaper stops watching.
   unsignalled_.fetch_sub(1, std::memory_order_seq_cst);

@@ -57,6 +57,11 @@ void KernelAio::Add(uint32_t index, int signal_fd) {
   batch_[batch_size_++] = &cb;
 }
 
+void KernelAio::Resignal(core::Slot& slot, int signal_fd) {
+  slot.io.signal = true;
+  io_set_eventfd(&slot.aio_cb, signal_fd);
+}
+
 uint32_t KernelAio::BatchIndex(size_t i) const { return IndexOf(*batch_[i]); }
 
 int KernelAio::Submit(Context ctx, size_t from, size_t count) {

@@ -10,9 +10,11 @@
 // too (the engine's handshakes decide when a context may be released); Cancel may be called from
 // any thread for a request in the kernel. The object keeps no state shared between those.
 //
-// Memory ordering: none of its own. Add reads and writes the slot of a request the submit-role
-// holder owns (in kInKernel after its Move); what the kernel does is invisible to the memory model,
-// and the engine's slot transitions order it (core/slot.h).
+// Memory ordering: none of its own. Add reads the request and writes the slot's aio_cb while the
+// submit-role holder has the slot in kQueued, before its Move into kInKernel (a canceller may move
+// it to kCancelledQueued meanwhile, but touches neither; the entry is then dropped). What the
+// kernel does is invisible to the memory model, and the engine's slot transitions order it
+// (core/slot.h).
 #ifndef KAIO_RUNTIME_KERNEL_AIO_H_
 #define KAIO_RUNTIME_KERNEL_AIO_H_
 
@@ -52,6 +54,10 @@ class KernelAio {
   void Add(uint32_t index, int signal_fd);
   // Takes back the entry Add appended last (its request was cancelled before it went in).
   void DropLast() { --batch_size_; }
+  // A request the kernel does not hold (refused, or done) announces its completion on `signal_fd`
+  // again, also in the form Add already built: SubmitBatch sends a built entry again as it is
+  // after EINTR, or after waiting for room.
+  void Resignal(core::Slot& slot, int signal_fd);
   size_t batch_size() const { return batch_size_; }
   uint32_t BatchIndex(size_t i) const;
   int Submit(Context ctx, size_t from, size_t count);

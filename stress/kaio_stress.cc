@@ -39,6 +39,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
+#include "core/request.h"
 #include "core/slot.h"
 #include "kaio/requester.h"
 #include "kaio/service.h"
@@ -1004,7 +1005,7 @@ void CheckSlots(Shared& s) {
   core::SlotTable& slots = kaio::runtime::ServiceAccess::EngineOf(*s.service).slots();
   uint64_t leaked = 0;
   for (uint32_t i = 0; i < slots.allocated(); ++i) {
-    uint64_t word = slots.at(i).word.load(std::memory_order_acquire);
+    uint64_t word = core::Look(slots.at(i));
     if (core::WordState(word) != core::SlotState::kFree) {
       if (++leaked <= 5) s.failures.Add("slot %u leaked in state %u", i, static_cast<unsigned>(core::WordState(word)));
     }
