@@ -192,10 +192,10 @@ bool Engine::QueueAndAnnounce(ProducerToken& token, uint32_t index, bool* submit
   return true;
 }
 
-bool Engine::WriteGoesStraightToPool(uint32_t index) {
+bool Engine::WriteSkipsTheKernel(uint32_t index) {
   core::Slot& slot = slots_.at(index);
   const core::IoOp op = slot.io.op;
-  if (!IsWrite(op) || options_.fallback_threads == 0 ||
+  if (options_.fallback_threads == 0 ||
       (slot.flags & core::kSlotForceKernel) || !write_refusals_.SkipKernel(slot.io.fd)) {
     return false;
   }

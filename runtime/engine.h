@@ -231,7 +231,11 @@ class Engine {
 
   // A write to an fd whose buffered RWF_NOWAIT writes the kernel refuses (write_refusals_): sent to
   // the pool at once (EnqueueToPool), skipping the io_submit that would only be refused. True if so.
-  bool WriteGoesStraightToPool(uint32_t index);
+  // Inline, the one test a read pays: every request enqueued asks.
+  bool WriteGoesStraightToPool(uint32_t index) {
+    return core::IsWrite(slots_.at(index).io.op) && WriteSkipsTheKernel(index);
+  }
+  bool WriteSkipsTheKernel(uint32_t index);
   // EnqueueToPool, with the fd's kind already looked at (or null).
   void EnqueueToPool(uint32_t index, KindCache* looked);
 

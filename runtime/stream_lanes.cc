@@ -42,19 +42,6 @@ StreamLanes::Kind StreamLanes::Classify(int fd, int known_flags) {
   return flags >= 0 && (flags & O_DIRECT) ? Kind::kDirectFile : Kind::kFile;
 }
 
-StreamLanes::Order StreamLanes::OrderFor(Kind kind, core::IoOp opcode) {
-  switch (kind) {
-    case Kind::kStream:
-      return Order::kStream;
-    case Kind::kCharDevice:
-      return Order::kCharDevice;
-    case Kind::kAppendFile:
-      return DirectionOf(opcode) == kWrite ? Order::kAppendPool : Order::kFree;
-    default:
-      return Order::kFree;
-  }
-}
-
 namespace {
 int MakeEpollSet() { return epoll_create1(EPOLL_CLOEXEC); }
 int MakeWakeFd() { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }

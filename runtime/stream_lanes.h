@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "core/hidden_fd.h"
+#include "core/io_request.h"
 #include "core/slot.h"
 
 namespace kaio::runtime {
@@ -62,7 +63,19 @@ class StreamLanes {
   // caller's F_GETFL of it, is >= 0). An fd statx refuses is kFile: the kernel gives the request
   // its error (EBADF) the usual way.
   static Kind Classify(int fd, int known_flags = -1);
-  static Order OrderFor(Kind kind, core::IoOp opcode);
+  // Inline: called for every read and write that finds another of its fd in flight.
+  static Order OrderFor(Kind kind, core::IoOp opcode) {
+    switch (kind) {
+      case Kind::kStream:
+        return Order::kStream;
+      case Kind::kCharDevice:
+        return Order::kCharDevice;
+      case Kind::kAppendFile:
+        return core::IsWrite(opcode) ? Order::kAppendPool : Order::kFree;
+      default:
+        return Order::kFree;
+    }
+  }
 
   explicit StreamLanes(Engine& engine);
   ~StreamLanes();  // stops the lanes' thread; the lanes must be empty
