@@ -503,13 +503,7 @@ StreamLanes::Attempt StreamLanes::TryWithoutBlocking(core::Slot& slot, int fd, b
     // Relaxed: Engine::Cancel reads it while the slot says kPoolQueued; its CAS fails if we moved
     // the slot on, and otherwise the release into kPoolQueued ordered this write before its read.
     std::atomic_ref<uint64_t>(slot.partial).store(slot.partial + static_cast<uint64_t>(n), std::memory_order_relaxed);
-    uint64_t total = 0;
-    if (vectored) {
-      const auto* iov = static_cast<const struct iovec*>(io.buf);
-      for (uint64_t i = 0; i < io.nbytes; ++i) total += iov[i].iov_len;
-    } else {
-      total = io.nbytes;
-    }
+    const uint64_t total = core::RequestBytes(io);
     if (slot.partial < total && n > 0 && slot.partial - partial_at_start >= kYieldAfter) return Attempt::kYield;
     if (slot.partial >= total || n == 0) {
       *result = static_cast<int64_t>(slot.partial);
