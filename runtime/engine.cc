@@ -346,17 +346,30 @@ absl::StatusOr<CancelResult> Engine::Cancel(uint32_t index, uint32_t generation)
         // cancelled. Only a request really running on a device is "not cancelled" after this.
         if (!rerouted && FdKindOf(slot.io.fd) != kFdAsync) {  // a device fd's request stays
           rerouted = true;
+          // On a stream the kernel never queues a request: it finished inside io_submit, so it
+          // leaves kInKernel as soon as whoever reaps it routes it. Wait for that, however long it
+          // takes: a bounded wait said "not cancelled" when the reaper thread, holding the reap
+          // role with this very event taken from the ring, was descheduled for 100 yields (TSan on
+          // two loaded cores), and the read then waited in its lane for data that never came. On
+          // any other fd the request may be on a device: a few yields, then its real result.
+          const StreamLanes::Kind kind = StreamLanes::Classify(slot.io.fd);
+          const bool completes_in_submit = kind == StreamLanes::Kind::kStream || kind == StreamLanes::Kind::kCharDevice;
           // The caller's signals are blocked meanwhile: reaping delivers completions, and a
           // handler that waited for one on this thread (aio_suspend) would wait for ever.
           sigset_t all_signals, caller_mask;
           sigfillset(&all_signals);
           pthread_sigmask(SIG_BLOCK, &all_signals, &caller_mask);
-          for (int tries = 0; tries < 100; ++tries) {
+          for (int tries = 0; completes_in_submit || tries < 100; ++tries) {
             ReapInline();
             // acquire: pairs with the release of whichever hop moved it on (the routing just done).
             word = core::Look(slot);
             if (WordGeneration(word) != generation || WordState(word) != SlotState::kInKernel) break;
-            sched_yield();
+            // Past the first yields, sleep: the reaper may need this core to finish.
+            if (tries < 100) {
+              sched_yield();
+            } else {
+              absl::SleepFor(absl::Microseconds(50));
+            }
           }
           pthread_sigmask(SIG_SETMASK, &caller_mask, nullptr);
           if (WordGeneration(word) != generation) return CancelResult::kAllDone;  // done and freed meanwhile
