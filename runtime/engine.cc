@@ -142,20 +142,6 @@ uint32_t Engine::Claim(core::CompletionSink& sink, uint64_t tag) {
   return index;
 }
 
-uint32_t Engine::Describe(uint32_t index, int fd, core::IoOp op, void* buf, uint64_t nbytes, int64_t offset,
-                          uint64_t serial, int file_flags) {
-  core::Slot& slot = slots_.at(index);
-  slot.file_flags = file_flags;
-  slot.io.fd = fd;
-  slot.io.op = op;
-  slot.io.buf = buf;
-  slot.io.nbytes = nbytes;
-  slot.io.offset = offset;
-  slot.serial.store(serial, std::memory_order_relaxed);  // published with the request (Enqueue's release)
-  // relaxed: the claimer owns the slot; the word is its own since Claim.
-  return WordGeneration(core::LookOwn(slot));
-}
-
 void Engine::Unclaim(uint32_t index) {
   // relaxed: a claimed slot is ours alone, so the word is the one Claim stored; Free's CAS checks it.
   slots_.Free(index, core::LookOwn(slots_.at(index)));
@@ -208,12 +194,6 @@ bool Engine::WriteSkipsTheKernel(uint32_t index) {
   if (kind.kind == StreamLanes::Kind::kFile) slot.flags |= core::kSlotFileWrite;
   EnqueueToPool(index, &kind);
   return true;
-}
-
-void Engine::Enqueue(ProducerToken& token, uint32_t index) {
-  if (WriteGoesStraightToPool(index)) return;
-  bool submitter_sleeps = false;
-  if (QueueAndAnnounce(token, index, &submitter_sleeps) && submitter_sleeps) submit_queue_.WakeOnce();
 }
 
 void Engine::EnqueueToPool(uint32_t index, KindCache* looked) {

@@ -92,6 +92,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/hidden_fd.h"
+#include "core/request.h"
 #include "core/slot.h"
 #include "core/syscalls.h"
 #include "runtime/aio_context.h"
@@ -153,6 +154,7 @@ class Engine {
   // the client's threads is the last to use the slot's record for this request.
   void FreeDelivered(uint32_t index, uint32_t generation);
   // Queues a claimed, filled slot for submission. The caller counted it in sink.accepted already.
+  // (Describe and Enqueue are inline, below the class: every request pays their call.)
   void Enqueue(ProducerToken& token, uint32_t index);
   // Hands a claimed, filled slot straight to the blocking pool, for a request the caller knows is
   // bound there (a buffered write to an fd whose RWF_NOWAIT writes the kernel refuses): no submitter
@@ -399,6 +401,26 @@ class Engine {
   std::thread submitter_;
   std::thread reaper_;
 };
+
+inline uint32_t Engine::Describe(uint32_t index, int fd, core::IoOp op, void* buf, uint64_t nbytes, int64_t offset,
+                                 uint64_t serial, int file_flags) {
+  core::Slot& slot = slots_.at(index);
+  slot.file_flags = file_flags;
+  slot.io.fd = fd;
+  slot.io.op = op;
+  slot.io.buf = buf;
+  slot.io.nbytes = nbytes;
+  slot.io.offset = offset;
+  slot.serial.store(serial, std::memory_order_relaxed);  // published with the request (Enqueue's release)
+  // relaxed: the claimer owns the slot; the word is its own since Claim.
+  return core::WordGeneration(core::LookOwn(slot));
+}
+
+inline void Engine::Enqueue(ProducerToken& token, uint32_t index) {
+  if (WriteGoesStraightToPool(index)) return;
+  bool submitter_sleeps = false;
+  if (QueueAndAnnounce(token, index, &submitter_sleeps) && submitter_sleeps) submit_queue_.WakeOnce();
+}
 
 }  // namespace kaio::runtime
 
