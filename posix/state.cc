@@ -120,6 +120,19 @@ int State::SubmitAiocb(struct aiocb* cb, Op op, LioGroup* group, SubmitRoute rou
     Finish(cb, -EINVAL, req.notification, group);
     return 0;
   }
+  if (op == Op::kRead && options_.inline_submit) {
+    // A page-cache hit is read here, on the calling thread, as a pread would (an fd kaio has seen
+    // complete its reads inside io_submit; RWF_NOWAIT, so never a wait for the device): no hand-off
+    // to the submitter and back. glibc's helper may finish a request before aio_read returns too.
+    // The aiocb is not touched after Finish: a signal handler may reuse it at once.
+    const int64_t got = engine_.ReadOnCaller(req.fd, req.buf, req.nbytes, req.offset);
+    if (got >= 0) {
+      // relaxed: a statistic (Stats), through which nothing is published.
+      counters_.submitted.fetch_add(1, std::memory_order_relaxed);
+      Finish(cb, got, req.notification, group);
+      return 0;
+    }
+  }
   // A slot or a thread the orderer could not get (EAGAIN) refuses the request here; a refusal
   // after it was held back is its asynchronous result.
   if (int err = ordered ? orderer_->Submit(req) : SubmitNow(req, route, flush); err != 0) {

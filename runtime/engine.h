@@ -173,6 +173,14 @@ class Engine {
   // NOWAIT) EnqueueDeferred is Enqueue and SubmitInline hands everything to the submitter.
   bool EnqueueDeferred(ProducerToken& token, uint32_t index);
   void SubmitInline(ProducerToken& token);
+  // A read done on the calling thread before it becomes a request, for a client whose contract
+  // allows a result before the submitting call returns (the POSIX layer): one preadv2(RWF_NOWAIT),
+  // only on an fd whose reads kaio has seen complete inside io_submit (page-cache hits). Returns
+  // the byte count if it read all `nbytes`; -1 if it did not, and then the caller submits the read
+  // the usual way, which reads the range again (a cache miss, a short read at the end of the file,
+  // an error, a number reused for a stream or an O_DIRECT file: whatever the usual way answers).
+  // Never waits for a device, except once per reuse of a number for an O_DIRECT file (ReadNow).
+  int64_t ReadOnCaller(int fd, void* buf, uint64_t nbytes, int64_t offset);
   void ReapInline();
 
   // Cancels a request given its ticket generation; InvalidArgument for a stale ticket.

@@ -114,6 +114,25 @@ void Engine::SubmitInline(ProducerToken& token) {
   if (handed_over) submit_queue_.WakeOnce();
 }
 
+int64_t Engine::ReadOnCaller(int fd, void* buf, uint64_t nbytes, int64_t offset) {
+  // kFdCompletesInline only: kFdInlineNoPread is a stream (ESPIPE), whose reads keep their order
+  // in a lane. Without the pool nothing is sent with RWF_NOWAIT, so nothing is learned either.
+  if (nbytes == 0 || offset < 0 || options_.fallback_threads == 0 || FdKindOf(fd) != kFdCompletesInline) return -1;
+  struct iovec one = {buf, static_cast<size_t>(nbytes)};
+  const int64_t start = MonotonicNs();
+  const int64_t result = sys_.Preadv2(fd, &one, 1, offset, RWF_NOWAIT);
+  if (MonotonicNs() - start > kReadNowSlowNs) {
+    // As in ReadNow: an O_DIRECT file put on the number since waits for the device even so.
+    const int fl = fcntl(fd, F_GETFL);
+    // relaxed: a hint, as every fd_kind_ access.
+    if (fl >= 0 && (fl & O_DIRECT)) fd_kind_[fd].store(kFdAsync, std::memory_order_relaxed);
+  }
+  if (result < 0 || static_cast<uint64_t>(result) != nbytes) return -1;
+  // relaxed: a statistic.
+  counters_.read_now.fetch_add(1, std::memory_order_relaxed);
+  return result;
+}
+
 bool Engine::ReadNow(uint32_t index, uint64_t& word) {
   core::Slot& slot = slots_.at(index);
   const core::IoOp op = slot.io.op;
