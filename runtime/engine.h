@@ -302,6 +302,10 @@ class Engine {
     // with or without the eventfd flag needlessly (a wake-up for nothing, or the reaper's 1 ms watch).
     return fd >= 0 && fd < kFdKinds ? fd_kind_[fd].load(std::memory_order_relaxed) : kFdUntracked;
   }
+  // The fd's kind for a read done on this thread (ReadNow, ReadOnCaller): an fd never seen is looked
+  // at once (F_GETFL), and an async verdict is looked at again now and then (a number reused for a
+  // buffered file). Syscalls: at most one F_GETFL (and an fstat) per 256 calls on an async fd.
+  int KindForReadHere(int fd);
   bool FdCompletesInline(int fd) const {
     const int kind = FdKindOf(fd);
     return kind == kFdCompletesInline || kind == kFdInlineNoPread;

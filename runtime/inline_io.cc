@@ -117,7 +117,9 @@ void Engine::SubmitInline(ProducerToken& token) {
 int64_t Engine::ReadOnCaller(int fd, void* buf, uint64_t nbytes, int64_t offset) {
   // kFdCompletesInline only: kFdInlineNoPread is a stream (ESPIPE), whose reads keep their order
   // in a lane. Without the pool nothing is sent with RWF_NOWAIT, so nothing is learned either.
-  if (nbytes == 0 || offset < 0 || options_.fallback_threads == 0 || FdKindOf(fd) != kFdCompletesInline) return -1;
+  if (nbytes == 0 || offset < 0 || options_.fallback_threads == 0 || KindForReadHere(fd) != kFdCompletesInline) {
+    return -1;
+  }
   struct iovec one = {buf, static_cast<size_t>(nbytes)};
   const int64_t start = MonotonicNs();
   const int64_t result = sys_.Preadv2(fd, &one, 1, offset, RWF_NOWAIT);
@@ -127,17 +129,18 @@ int64_t Engine::ReadOnCaller(int fd, void* buf, uint64_t nbytes, int64_t offset)
     // relaxed: a hint, as every fd_kind_ access.
     if (fl >= 0 && (fl & O_DIRECT)) fd_kind_[fd].store(kFdAsync, std::memory_order_relaxed);
   }
+  if (result == -ESPIPE) {
+    // A stream: not tried here again (as in ReadNow). relaxed: a hint, as every fd_kind_ access.
+    uint8_t inline_kind = kFdCompletesInline;
+    fd_kind_[fd].compare_exchange_strong(inline_kind, kFdInlineNoPread, std::memory_order_relaxed);
+  }
   if (result < 0 || static_cast<uint64_t>(result) != nbytes) return -1;
   // relaxed: a statistic.
   counters_.read_now.fetch_add(1, std::memory_order_relaxed);
   return result;
 }
 
-bool Engine::ReadNow(uint32_t index, uint64_t& word) {
-  core::Slot& slot = slots_.at(index);
-  const core::IoOp op = slot.io.op;
-  if (!core::IsRead(op)) return false;
-  const int fd = slot.io.fd;
+int Engine::KindForReadHere(int fd) {
   const int kind = FdKindOf(fd);
   if (kind == kFdUnknown) {
     // Never seen through io_submit (the submitter thread learns nothing there): one look. An
@@ -145,14 +148,34 @@ bool Engine::ReadNow(uint32_t index, uint64_t& word) {
     // or a refusal), as LearnFdKinds would find. relaxed, both: a hint, as every fd_kind_ access;
     // the CAS leaves a verdict stored meanwhile as it is.
     const int fl = fcntl(fd, F_GETFL);
-    if (fl < 0) return false;
+    if (fl < 0) return kind;
     uint8_t unknown = kFdUnknown;
     const uint8_t seen = (fl & O_DIRECT) ? kFdAsync : kFdCompletesInline;
-    if (!fd_kind_[fd].compare_exchange_strong(unknown, seen, std::memory_order_relaxed)) return false;
-    if (seen != kFdCompletesInline) return false;
-  } else if (kind != kFdCompletesInline) {
-    return false;
+    if (!fd_kind_[fd].compare_exchange_strong(unknown, seen, std::memory_order_relaxed)) return unknown;
+    return seen;
   }
+  if (kind != kFdAsync) return kind;
+  // Async is a verdict for as long as the number holds its file, but kaio does not see close(2): a
+  // buffered file opened on a number an O_DIRECT one had would never take the page-cache paths.
+  // So every 256th look (per thread) at an async fd looks at the file again: a regular file without
+  // O_DIRECT is unknown again, and learned anew (the next look here, or an inline batch).
+  thread_local uint32_t async_looks = 0;
+  if ((++async_looks & 255) != 0) return kind;
+  const int fl = fcntl(fd, F_GETFL);
+  struct stat st;
+  if (fl < 0 || (fl & O_DIRECT) || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return kind;
+  // relaxed: a hint, as every fd_kind_ access.
+  uint8_t async = kFdAsync;
+  fd_kind_[fd].compare_exchange_strong(async, kFdUnknown, std::memory_order_relaxed);
+  return kFdUnknown;
+}
+
+bool Engine::ReadNow(uint32_t index, uint64_t& word) {
+  core::Slot& slot = slots_.at(index);
+  const core::IoOp op = slot.io.op;
+  if (!core::IsRead(op)) return false;
+  const int fd = slot.io.fd;
+  if (KindForReadHere(fd) != kFdCompletesInline) return false;
   // Not an empty read: preadv2 of no bytes says 0 without looking at the file, where pread and
   // kernel AIO say EISDIR for a directory (the differential test's finding).
   const uint64_t wanted = core::RequestBytes(slot.io);

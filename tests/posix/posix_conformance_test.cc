@@ -1660,6 +1660,43 @@ TEST(KaioInline, APageCacheHitIsReadBeforeAioReadReturns) {
   close(fd);
 }
 
+// kaio learns per fd number that an O_DIRECT file's reads run on the device, and does not see
+// close(2). A buffered file put on that number later must still get the page-cache path: the
+// verdict is looked at again now and then (Engine::KindForReadHere). Before, it stayed for good,
+// and every read of the new file was handed to the submitter.
+TEST(KaioInline, ABufferedFileOnANumberAnODirectOneHadGetsThePageCachePath) {
+  TempFile direct_file(1 << 16);
+  const int direct = direct_file.Open(O_RDONLY | O_DIRECT);
+  if (direct < 0) GTEST_SKIP() << "O_DIRECT not supported in " << TempDir();
+  const int fd = fcntl(direct, F_DUPFD_CLOEXEC, 779);  // a number no other test uses
+  ASSERT_GE(fd, 779);
+  close(direct);
+  void* mem = nullptr;
+  ASSERT_EQ(posix_memalign(&mem, 4096, 4096), 0);
+  struct aiocb cb = MakeCb(fd, mem, 4096, 0);
+  ASSERT_EQ(kaio_aio_read(&cb), 0);
+  ASSERT_TRUE(WaitDone(Kaio(), &cb));
+  ASSERT_EQ(kaio_aio_return(&cb), 4096);
+  // The same number, now a buffered file (as close and open would leave it).
+  TempFile buffered(16 * 4096);
+  ASSERT_EQ(dup3(buffered.fd(), fd, O_CLOEXEC), fd);
+  bool done_at_return = false;
+  int reads = 0;
+  for (; reads < 600 && !done_at_return; ++reads) {
+    const off_t offset = (reads % 16) * 4096;
+    const uint64_t completed_before = Stats().service.requests_completed;
+    cb = MakeCb(fd, mem, 4096, offset);
+    ASSERT_EQ(kaio_aio_read(&cb), 0);
+    done_at_return = kaio_aio_error(&cb) == 0 && Stats().service.requests_completed == completed_before;
+    ASSERT_TRUE(WaitDone(Kaio(), &cb));
+    ASSERT_EQ(kaio_aio_return(&cb), 4096);
+    ASSERT_EQ(static_cast<uint8_t*>(mem)[100], PatternByte(offset + 100));
+  }
+  EXPECT_TRUE(done_at_return) << "after " << reads << " reads, still none read on the caller's thread";
+  free(mem);
+  close(fd);
+}
+
 // A filesystem that refuses buffered RWF_NOWAIT writes (ext4 does; tmpfs takes them): after the first
 // refusal, the fd's next writes go to the blocking pool with no io_submit each, and every byte lands.
 // (That the caller, not the submitter, hands them over is measured in docs/posix.md, not asserted.)
