@@ -317,7 +317,11 @@ class Engine {
   // `word` (the caller holds the submit role). True if the request is dealt with (completed, or
   // handed to the pool); false if it goes on the usual way, with `word` its current word.
   bool ReadNow(uint32_t index, uint64_t& word);
-  // A ReadNow slower than this may have waited for a device: its fd is looked at (see ReadNow). A
+  // One preadv2(RWF_NOWAIT) on this thread of an fd kaio has seen complete inline (ReadNow,
+  // ReadOnCaller), and what its answer teaches of the fd: a slow read of an O_DIRECT file (the
+  // number reused) makes it async, ESPIPE (a stream) kFdInlineNoPread. Returns preadv2's answer.
+  int64_t PreadHere(int fd, const struct iovec* iov, int iovcnt, int64_t offset);
+  // A read here slower than this may have waited for a device: its fd is looked at (PreadHere). A
   // 4 KiB page-cache read takes about 1 us here, an O_DIRECT one on the fastest devices 8 us.
   static constexpr int64_t kReadNowSlowNs = 5000;
   // Gives back the eventfd flag of a request leaving the kernel (or never entering it), in its

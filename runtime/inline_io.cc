@@ -121,22 +121,32 @@ int64_t Engine::ReadOnCaller(int fd, void* buf, uint64_t nbytes, int64_t offset)
     return -1;
   }
   struct iovec one = {buf, static_cast<size_t>(nbytes)};
+  const int64_t result = PreadHere(fd, &one, 1, offset);
+  if (result < 0 || static_cast<uint64_t>(result) != nbytes) return -1;
+  // relaxed: a statistic.
+  counters_.read_now.fetch_add(1, std::memory_order_relaxed);
+  return result;
+}
+
+int64_t Engine::PreadHere(int fd, const struct iovec* iov, int iovcnt, int64_t offset) {
   const int64_t start = MonotonicNs();
-  const int64_t result = sys_.Preadv2(fd, &one, 1, offset, RWF_NOWAIT);
+  const int64_t result = sys_.Preadv2(fd, iov, iovcnt, offset, RWF_NOWAIT);
+  // An O_DIRECT read waits for the device here, RWF_NOWAIT or not. The fd's kind says its requests
+  // completed inside io_submit, which an O_DIRECT one never does, but the program may have put an
+  // O_DIRECT file on the number since. Looking (F_GETFL) before every read cost 12% of page-cache
+  // reads at iodepth 1; a read that took long is looked at after, and an O_DIRECT fd is then
+  // async: one read per reuse of a number may wait for the device, no more.
   if (MonotonicNs() - start > kReadNowSlowNs) {
-    // As in ReadNow: an O_DIRECT file put on the number since waits for the device even so.
     const int fl = fcntl(fd, F_GETFL);
     // relaxed: a hint, as every fd_kind_ access.
     if (fl >= 0 && (fl & O_DIRECT)) fd_kind_[fd].store(kFdAsync, std::memory_order_relaxed);
   }
   if (result == -ESPIPE) {
-    // A stream: not tried here again (as in ReadNow). relaxed: a hint, as every fd_kind_ access.
+    // A stream (its reads complete inside io_submit too): not tried here again. relaxed: a hint,
+    // as every fd_kind_ access; the CAS leaves a kFdAsync stored meanwhile as it is.
     uint8_t inline_kind = kFdCompletesInline;
     fd_kind_[fd].compare_exchange_strong(inline_kind, kFdInlineNoPread, std::memory_order_relaxed);
   }
-  if (result < 0 || static_cast<uint64_t>(result) != nbytes) return -1;
-  // relaxed: a statistic.
-  counters_.read_now.fetch_add(1, std::memory_order_relaxed);
   return result;
 }
 
@@ -192,20 +202,8 @@ bool Engine::ReadNow(uint32_t index, uint64_t& word) {
   if (!core::Move(slot, expected, SlotState::kStreamTrying)) return false;
   struct iovec one = {slot.io.buf, static_cast<size_t>(slot.io.nbytes)};
   const bool vectored = op == core::IoOp::kReadv;
-  const int64_t start = MonotonicNs();
-  const int64_t result =
-      sys_.Preadv2(fd, vectored ? static_cast<const struct iovec*>(slot.io.buf) : &one,
-                   vectored ? static_cast<int>(slot.io.nbytes) : 1, slot.io.offset, RWF_NOWAIT);
-  // An O_DIRECT read waits for the device here, RWF_NOWAIT or not. The fd's kind says its requests
-  // completed inside io_submit, which an O_DIRECT one never does, but the program may have put an
-  // O_DIRECT file on the number since. Looking (F_GETFL) before every read cost 12% of page-cache
-  // reads at iodepth 1; a read that took long is looked at after, and an O_DIRECT fd is then
-  // async for good: one read per reuse of a number may wait for the device, no more.
-  if (MonotonicNs() - start > kReadNowSlowNs) {
-    const int fl = fcntl(fd, F_GETFL);
-    // relaxed: a hint, as every fd_kind_ access.
-    if (fl >= 0 && (fl & O_DIRECT)) fd_kind_[fd].store(kFdAsync, std::memory_order_relaxed);
-  }
+  const int64_t result = PreadHere(fd, vectored ? static_cast<const struct iovec*>(slot.io.buf) : &one,
+                                   vectored ? static_cast<int>(slot.io.nbytes) : 1, slot.io.offset);
   if (result >= 0 && static_cast<uint64_t>(result) == wanted) {
     // relaxed: a statistic.
     counters_.read_now.fetch_add(1, std::memory_order_relaxed);
@@ -221,12 +219,6 @@ bool Engine::ReadNow(uint32_t index, uint64_t& word) {
     core::Publish(slot, word, SlotState::kPoolQueued);
     PoolPush(index);
     return true;
-  }
-  if (result == -ESPIPE) {
-    // A stream (its reads complete inside io_submit too): not tried here again. relaxed: a hint,
-    // as every fd_kind_ access; the CAS leaves a kFdAsync stored meanwhile as it is.
-    uint8_t inline_kind = kFdCompletesInline;
-    fd_kind_[fd].compare_exchange_strong(inline_kind, kFdInlineNoPread, std::memory_order_relaxed);
   }
   // A short read (end of file, or the cached prefix of the range) or an error: the usual way gives
   // the answer it always gave (reading the range again: the bytes read here are the file's).
