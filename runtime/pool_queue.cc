@@ -4,13 +4,30 @@
 
 namespace kaio::runtime {
 
+// Unsigned, so that a negative fd (a write the kernel will fail with EBADF) is a large one.
+bool PoolQueue::Direct(int fd) { return static_cast<uint32_t>(fd) < kDirectLanes; }
+
+PoolQueue::Lane& PoolQueue::LaneOf(int fd) {
+  if (!Direct(fd)) return large_lanes_[fd];
+  if (static_cast<size_t>(fd) >= lanes_.size()) lanes_.resize(static_cast<size_t>(fd) + 1);
+  return lanes_[fd];
+}
+
+void PoolQueue::Forget(int fd) {
+  if (!Direct(fd)) {
+    large_lanes_.erase(fd);
+  } else {
+    lanes_[fd] = Lane{};
+  }
+}
+
 bool PoolQueue::Push(uint32_t index, int lane_fd) {
   if (lane_fd == kAnyWorker) {
     any_.push_back(index);
     return true;
   }
   slots_.at(index).pool_next = 0;
-  Lane& lane = lanes_[lane_fd];
+  Lane& lane = LaneOf(lane_fd);
   if (lane.tail != 0) {
     slots_.at(lane.tail - 1).pool_next = index + 1;
   } else {
@@ -33,7 +50,7 @@ bool PoolQueue::Take(Work* work) {
   if (ready_.empty()) return false;
   const int fd = ready_.front();
   ready_.pop_front();
-  Lane& lane = lanes_[fd];
+  Lane& lane = LaneOf(fd);
   lane.held = true;
   lane.turn = 0;
   work->lane_fd = fd;
@@ -41,10 +58,9 @@ bool PoolQueue::Take(Work* work) {
 }
 
 bool PoolQueue::NextInLane(int fd, uint32_t* index) {
-  auto it = lanes_.find(fd);
-  Lane& lane = it->second;
+  Lane& lane = LaneOf(fd);  // held, so it exists
   if (lane.head == 0) {
-    lanes_.erase(it);
+    Forget(fd);
     return false;
   }
   if (lane.turn == kLaneTurn) {
@@ -64,7 +80,7 @@ void PoolQueue::RemoveLastPushed(uint32_t index, int lane_fd) {
     any_.erase(std::find(any_.begin(), any_.end(), index));
     return;
   }
-  lanes_.erase(lane_fd);
+  Forget(lane_fd);
   ready_.erase(std::find(ready_.begin(), ready_.end(), lane_fd));
 }
 

@@ -94,5 +94,25 @@ TEST_F(PoolQueueTest, RemoveLastPushedTakesBackWhatNoWorkerCanRun) {
   EXPECT_TRUE(queue_.Push(w, 9)) << "the lane was forgotten, not left held or ready";
 }
 
+TEST_F(PoolQueueTest, LanesOfLargeAndNegativeFdsKeepTheSameRulesAsSmallOnes) {
+  // Small fds' lanes live in a vector, the rest in a map: the same turns either side, and a negative
+  // fd (a write the kernel fails with EBADF) must not index the vector.
+  for (const int fd : {2, static_cast<int>(PoolQueue::kDirectLanes) - 1, static_cast<int>(PoolQueue::kDirectLanes),
+                       1 << 30, -7}) {
+    SCOPED_TRACE(fd);
+    const uint32_t a = NewIndex(), b = NewIndex();
+    EXPECT_TRUE(queue_.Push(a, fd));
+    EXPECT_FALSE(queue_.Push(b, fd));
+    int lane = 0;
+    EXPECT_EQ(OneTurn(&lane), (std::vector<uint32_t>{a, b}));
+    EXPECT_EQ(lane, fd);
+    EXPECT_TRUE(queue_.Empty());
+    const uint32_t c = NewIndex();
+    EXPECT_TRUE(queue_.Push(c, fd)) << "the drained lane was released";
+    queue_.RemoveLastPushed(c, fd);
+    EXPECT_TRUE(queue_.Empty());
+  }
+}
+
 }  // namespace
 }  // namespace kaio::runtime
