@@ -35,9 +35,13 @@ FallbackPool::FallbackPool(core::SlotTable& slots, int max_threads, std::functio
     : max_threads_(std::max(1, max_threads)), run_(std::move(run)), queue_(slots) {}
 
 bool FallbackPool::Push(uint32_t index, int lane_fd) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   if (!queue_.Push(index, lane_fd)) return true;  // behind its lane's running write: its holder runs it
   if (idle_ > 0 || static_cast<int>(threads_.size()) >= max_threads_) {
+    // Woken after the unlock: a worker woken under the lock finds mu_ still held and sleeps on it,
+    // a second sleep and wake-up per request (glibc's condition variable does not move a waiter to
+    // the mutex). The worker tests the queue under mu_, so the wake-up cannot be lost.
+    lock.unlock();
     cv_.notify_one();
     return true;
   }
@@ -61,6 +65,7 @@ bool FallbackPool::Push(uint32_t index, int lane_fd) {
     return true;
   }
   if (!threads_.empty()) {
+    lock.unlock();
     cv_.notify_one();
     return true;
   }
