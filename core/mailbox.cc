@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 
@@ -19,6 +20,8 @@ absl::StatusOr<std::unique_ptr<Mailbox>> Mailbox::Create(SlotTable& slots, Sysca
   if (fd < 0) return absl::ErrnoToStatus(errno, "kaio: eventfd for a requester's mailbox");
   return std::unique_ptr<Mailbox>(new Mailbox(slots, sys, fd));
 }
+
+thread_local bool Mailbox::pool_thread_ = false;
 
 Mailbox::~Mailbox() { close(event_fd_); }
 
@@ -38,8 +41,11 @@ void Mailbox::Deliver(uint32_t index) {
   // seq_cst, both: the producer's side of the wake-up handshake (see the header), after the push. A
   // plain load first, so a completion for an owner that is not armed costs no RMW; the exchange picks
   // the one producer that writes the eventfd.
-  if (armed_.load(std::memory_order_seq_cst) &&
-      armed_.exchange(false, std::memory_order_seq_cst)) {
+  const uint8_t armed = armed_.load(std::memory_order_seq_cst);
+  // A napping owner looks by itself: this load came before its next arm and re-check (seq_cst), and
+  // the push before this load, so the re-check finds it.
+  if (armed == kDisarmed || (armed == kArmedExceptPool && pool_thread_)) return;
+  if (armed_.exchange(kDisarmed, std::memory_order_seq_cst) != kDisarmed) {
     // Only the producer that disarmed writes, so one wake-up per sleep, however many completions.
     int rc = sys_.EventFdWrite(event_fd_, 1);
     if (rc < 0 && rc != -EAGAIN) {
@@ -120,14 +126,21 @@ void Mailbox::ConsumeWakeToken() {
   }
 }
 
-void Mailbox::Arm() {
+void Mailbox::ArmAs(ArmState state) {
   if (armed_by_owner_) {
-    // Still armed: nothing to do. Disarmed by a producer: take its token, then arm again.
-    // seq_cst, as the arm store: true means that arm is still in force (no producer took it).
-    if (armed_.load(std::memory_order_seq_cst)) return;
+    // Still armed: keep it, in the state asked for. Disarmed by a producer: take its token, then
+    // arm again. seq_cst, as the arm store: not kDisarmed means that arm is still in force (no
+    // producer took it); the CAS, so a producer's exchange in between is not overwritten.
+    uint8_t current = armed_.load(std::memory_order_seq_cst);
+    while (current != kDisarmed) {
+      if (current == state ||
+          armed_.compare_exchange_weak(current, state, std::memory_order_seq_cst, std::memory_order_seq_cst)) {
+        return;
+      }
+    }
     ConsumeWakeToken();
   }
-  armed_.store(true, std::memory_order_seq_cst);  // seq_cst: before the caller's re-check
+  armed_.store(state, std::memory_order_seq_cst);  // seq_cst: before the caller's re-check
   armed_by_owner_ = true;
 }
 
@@ -136,12 +149,13 @@ void Mailbox::Disarm() {
   armed_by_owner_ = false;
   // seq_cst RMW: exactly one of the owner and the producers takes the flag; if a producer took it,
   // its eventfd write is on its way.
-  if (!armed_.exchange(false, std::memory_order_seq_cst)) ConsumeWakeToken();
+  if (armed_.exchange(kDisarmed, std::memory_order_seq_cst) == kDisarmed) ConsumeWakeToken();
 }
 
 void Mailbox::SelfWake() {
   // seq_cst, both: as a producer's in Deliver().
-  if (armed_.load(std::memory_order_seq_cst) && armed_.exchange(false, std::memory_order_seq_cst)) {
+  if (armed_.load(std::memory_order_seq_cst) != kDisarmed &&
+      armed_.exchange(kDisarmed, std::memory_order_seq_cst) != kDisarmed) {
     sys_.EventFdWrite(event_fd_, 1);
   }
 }
@@ -169,6 +183,18 @@ bool Mailbox::Sleep(absl::Time deadline) {
     if (rc == 0 && deadline != absl::InfiniteFuture() && absl::Now() >= deadline) return false;
     // EINTR or an early timeout: go round.
   }
+}
+
+}  // namespace kaio::core
+
+namespace kaio::core {
+
+bool Mailbox::Nap(absl::Duration nap) {
+  struct pollfd pfd = {event_fd_, POLLIN, 0};
+  const struct timespec span = absl::ToTimespec(std::max(nap, absl::ZeroDuration()));
+  // ppoll, not poll: poll's milliseconds would turn a 50 us nap into 1 ms. EINTR or the timeout
+  // alike end the nap; the caller looks at the stack either way.
+  return ppoll(&pfd, 1, &span, nullptr) > 0;
 }
 
 }  // namespace kaio::core

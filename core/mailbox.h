@@ -14,6 +14,13 @@
 // either the owner sees the completion before it sleeps or the producer sees it armed and wakes it:
 // no lost wake-up.
 //
+// Naps: while the pool runs a request, an owner may arm "except for the pool" (ArmExceptPool)
+// and nap (Nap), looking at the stack by itself when the nap ends: a fallback worker's delivery then
+// writes no eventfd, since waking a sleeping thread is the dearest part of a pool write. Every
+// other producer (the reaper, the submitter, a canceller) still wakes it. The owner re-checks the
+// stack after every arm or change of arm, so a producer that saw the old state and did not wake
+// it has pushed before that re-check.
+//
 // Lifetime: a producer may still be inside Deliver() (checking armed_) after the owner has seen
 // its completion, so mailboxes are recycled by the Service, never freed while it runs.
 #ifndef KAIO_CORE_MAILBOX_H_
@@ -47,12 +54,18 @@ class Mailbox : public CompletionSink {
   bool LocalEmpty() const { return local_head_ == 0; }
 
   // Sleeping. Arm() before the final re-check of the condition, then Sleep(); Disarm() when done.
-  void Arm();
+  void Arm() { ArmAs(kArmed); }
+  // As Arm(), but fallback workers' deliveries leave the owner asleep: only for a Nap.
+  void ArmExceptPool() { ArmAs(kArmedExceptPool); }
+  // Sleeps until woken or `nap` has passed (microseconds are honoured); true if woken.
+  bool Nap(absl::Duration nap);
   void Disarm();
   // Sleeps until woken or the deadline passes; false on timeout.
   bool Sleep(absl::Time deadline);
   // Wakes the owner as a producer would (makes the notify fd readable) if it is armed.
   void SelfWake();
+  // Called once by each fallback pool worker thread: its deliveries are the pool's (see Naps).
+  static void MarkPoolThread() { pool_thread_ = true; }
   // Forgets the previous owner's counts; only when nothing is outstanding.
   void ResetForNewOwner();
 
@@ -62,13 +75,16 @@ class Mailbox : public CompletionSink {
  private:
   Mailbox(SlotTable& slots, Syscalls& sys, int event_fd)
       : slots_(slots), sys_(sys), event_fd_(event_fd) {}
+  enum ArmState : uint8_t { kDisarmed = 0, kArmed = 1, kArmedExceptPool = 2 };
+  void ArmAs(ArmState state);
   void ConsumeWakeToken();
+  static thread_local bool pool_thread_;
 
   SlotTable& slots_;
   Syscalls& sys_;
   const int event_fd_;
   alignas(64) std::atomic<uint32_t> shared_head_{0};  // index + 1 of the newest delivery
-  std::atomic<bool> armed_{false};
+  std::atomic<uint8_t> armed_{kDisarmed};
   // Owner-private.
   alignas(64) uint32_t local_head_ = 0;
   uint32_t local_tail_ = 0;

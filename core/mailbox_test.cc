@@ -183,11 +183,51 @@ TEST_F(MailboxTest, SelfWakeWakesOnlyAnArmedOwner) {
   EXPECT_FALSE(Readable(mailbox_->event_fd()));
 }
 
+TEST_F(MailboxTest, ANappingOwnerIsWokenByTheKernelsDeliveriesButNotThePools) {
+  mailbox_->ArmExceptPool();
+  std::thread pool_worker([this] {
+    Mailbox::MarkPoolThread();
+    mailbox_->Deliver(CompletedSlot());
+  });
+  pool_worker.join();
+  EXPECT_EQ(sys_.writes.load(), 0) << "a pool delivery to a napping owner writes no eventfd";
+  EXPECT_FALSE(mailbox_->SharedEmpty()) << "but it is in the stack for the owner's own look";
+  EXPECT_FALSE(mailbox_->Nap(absl::Microseconds(50))) << "the nap ends by its time";
+  mailbox_->Deliver(CompletedSlot());  // this thread is no pool worker: the reaper, say
+  EXPECT_EQ(sys_.writes.load(), 1);
+  EXPECT_TRUE(mailbox_->Nap(absl::Seconds(20))) << "woken at once";
+  mailbox_->Disarm();
+  EXPECT_FALSE(Readable(mailbox_->event_fd())) << "Disarm took the token";
+  mailbox_->Drain();
+  EXPECT_EQ(TakeLocal().size(), 2u);
+}
+
+TEST_F(MailboxTest, ArmingFullyAfterANapMakesThePoolWakeTheOwnerAgain) {
+  mailbox_->ArmExceptPool();
+  mailbox_->Arm();  // still armed, now for everyone (no token to take: nobody disarmed us)
+  EXPECT_EQ(sys_.reads.load(), 0);
+  std::thread pool_worker([this] {
+    Mailbox::MarkPoolThread();
+    mailbox_->Deliver(CompletedSlot());
+  });
+  pool_worker.join();
+  EXPECT_EQ(sys_.writes.load(), 1);
+  EXPECT_TRUE(mailbox_->Sleep(absl::Now() + absl::Seconds(20)));
+  mailbox_->ArmExceptPool();  // after a wake-up: takes the token first
+  EXPECT_FALSE(Readable(mailbox_->event_fd()));
+  mailbox_->Disarm();
+}
+
 // Producers on several threads deliver at once while the owner sleeps and drains as a Requester's
 // Wait does (arm, re-check, sleep). Every completion arrives exactly once, each producer's in the
 // order it delivered them, and the owner is never left asleep with completions in the stack (the
 // deadline turns a lost wake-up into a failure, not a hang).
-TEST_F(MailboxTest, ManyProducersLoseNothingAndKeepEachProducersOrder) {
+// Half the producers are pool workers, and the owner alternates between sleeping (fully armed)
+// and napping (armed except for the pool), as Client::Wait does while the pool runs requests.
+class MailboxProducersTest : public MailboxTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(MailboxProducersTest, ManyProducersLoseNothingAndKeepEachProducersOrder) {
+  const bool naps = GetParam();
   constexpr int kProducers = 4, kEach = 1000;
   std::vector<std::vector<uint32_t>> mine(kProducers);
   std::vector<int> producer_of(4 * SlotTable::kChunkSize, -1);  // the table's max_slots
@@ -202,6 +242,7 @@ TEST_F(MailboxTest, ManyProducersLoseNothingAndKeepEachProducersOrder) {
   std::vector<std::thread> producers;
   for (int p = 0; p < kProducers; ++p) {
     producers.emplace_back([&, p] {
+      if (naps && p % 2 == 0) Mailbox::MarkPoolThread();
       ready++;
       while (ready.load() < kProducers) std::this_thread::yield();  // start together: the most overlap
       for (uint32_t index : mine[p]) mailbox_->Deliver(index);
@@ -210,16 +251,26 @@ TEST_F(MailboxTest, ManyProducersLoseNothingAndKeepEachProducersOrder) {
   std::vector<uint32_t> got;
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   bool timed_out = false;
+  int round = 0;
   while (got.size() < static_cast<size_t>(kProducers * kEach)) {
     mailbox_->Drain();
     if (mailbox_->LocalEmpty()) {
-      mailbox_->Arm();
-      // The re-check after arming: a producer that pushed before seeing armed_ is seen here.
-      if (mailbox_->SharedEmpty() && !mailbox_->Sleep(deadline)) {
-        timed_out = true;
-        break;
+      const bool nap = naps && ++round % 2 == 0;
+      if (nap) {
+        mailbox_->ArmExceptPool();
+      } else {
+        mailbox_->Arm();
       }
-      mailbox_->Disarm();
+      // The re-check after arming: a producer that pushed before seeing armed_ is seen here.
+      if (mailbox_->SharedEmpty()) {
+        if (nap) {
+          mailbox_->Nap(absl::Microseconds(50));
+        } else if (!mailbox_->Sleep(deadline)) {
+          timed_out = true;
+          break;
+        }
+      }
+      if (round % 3 == 0) mailbox_->Disarm();  // and sometimes loop round still armed, as Wait does
       continue;
     }
     for (uint32_t index : TakeLocal()) got.push_back(index);
@@ -241,6 +292,9 @@ TEST_F(MailboxTest, ManyProducersLoseNothingAndKeepEachProducersOrder) {
     ++next[p];
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(SleepsOnly, MailboxProducersTest, ::testing::Values(false));
+INSTANTIATE_TEST_SUITE_P(SleepsAndNaps, MailboxProducersTest, ::testing::Values(true));
 
 }  // namespace
 }  // namespace kaio::core

@@ -184,6 +184,10 @@ class CompletionSink {
   // wait until they match. On separate cache lines: producers write one, completers the other.
   alignas(64) std::atomic<uint64_t> accepted{0};
   alignas(64) std::atomic<uint64_t> delivered{0};
+  // This sink's buffered file writes a fallback worker is running now (a completion microseconds
+  // away: a requester waiting for one naps rather than sleeps, runtime::Client::Wait). relaxed,
+  // both sides: a hint, through which nothing is published.
+  std::atomic<uint32_t> pool_running{0};
 };
 
 }  // namespace kaio::core

@@ -219,14 +219,38 @@ void Client::DisarmUnlessNotifying() {
   if (!notify_mode_) mailbox_->Disarm();
 }
 
+// While a fallback worker runs one of our buffered file writes, Wait naps instead of sleeping until
+// woken: the worker's eventfd write that wakes a sleeping requester was 28 % of all samples of
+// kaio_bench buffered randwrite qd32 (perf, BENCHMARKS.md session 13), the dearest part of a pool
+// write on a VM, and such a write finishes in microseconds. The nap is armed "except for the pool":
+// a completion from the kernel, a lane or a canceller still wakes it at once. Not in notify mode
+// (the program waits on the notify fd itself).
 size_t Client::Wait(absl::Span<Completion> out, size_t min_count, absl::Duration timeout) {
   absl::Time deadline = absl::Now() + timeout;
   min_count = std::min(min_count, out.size());
   size_t n = Poll(out);
+  int naps = 0;  // in a row, without a completion
   while (n < min_count) {
-    mailbox_->Arm();
-    if (mailbox_->SharedEmpty() && !mailbox_->Sleep(deadline)) break;
-    n += Poll(out.subspan(n));
+    // relaxed: a hint (core/slot.h).
+    const bool nap = !notify_mode_ && naps < kMaxPoolNaps && mailbox_->pool_running.load(std::memory_order_relaxed) != 0;
+    if (nap) {
+      mailbox_->ArmExceptPool();
+    } else {
+      mailbox_->Arm();
+    }
+    if (mailbox_->SharedEmpty()) {
+      if (!nap) {
+        if (!mailbox_->Sleep(deadline)) break;
+      } else {
+        ++naps;
+        const absl::Duration left = deadline - absl::Now();
+        if (left <= absl::ZeroDuration()) break;
+        mailbox_->Nap(std::min(left, kPoolNap));
+      }
+    }
+    const size_t got = Poll(out.subspan(n));
+    if (got > 0) naps = 0;
+    n += got;
   }
   DisarmUnlessNotifying();
   return n;

@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/mailbox.h"
 #include "core/request.h"
 #include "runtime/engine.h"
 #include "runtime/engine_internal.h"
@@ -87,6 +88,7 @@ void FallbackPool::Stop() {
 }
 
 void FallbackPool::Loop() {
+  core::Mailbox::MarkPoolThread();  // a napping requester need not be woken by us (Client::Wait)
   std::unique_lock<std::mutex> lock(mu_);
   PoolQueue::Work work;
   while (true) {
@@ -132,7 +134,16 @@ void Engine::RunPoolRequest(uint32_t index) {
   if (WordState(word) == SlotState::kPoolQueued && core::Move(slot, word, SlotState::kPoolRunning)) {
     // relaxed: a statistic.
     counters_.pool_running.fetch_add(1, std::memory_order_relaxed);
+    // A buffered file write is here because the kernel refuses RWF_NOWAIT for it, not because it
+    // would wait for the device, so it is done in microseconds: its requester may nap for it
+    // (core/slot.h). A read is here because it missed the page cache: device latency, not worth a
+    // nap (fallback_bench's cold-cache reader lost 0.83x when those counted too). The sink lives at
+    // least until this request is delivered, below. relaxed: a hint.
+    core::CompletionSink* const sink =
+        (slot.flags & core::kSlotFileWrite) ? slot.sink.load(std::memory_order_relaxed) : nullptr;
+    if (sink != nullptr) sink->pool_running.fetch_add(1, std::memory_order_relaxed);
     int64_t result = RunBlocking(slot.io, slot.partial);
+    if (sink != nullptr) sink->pool_running.fetch_sub(1, std::memory_order_relaxed);
     if (slot.partial > 0) {
       // What the kernel already moved counts; an error on the rest is a short result, as write(2).
       result = result >= 0 ? result + static_cast<int64_t>(slot.partial) : static_cast<int64_t>(slot.partial);
