@@ -185,10 +185,6 @@ bool Mailbox::Sleep(absl::Time deadline) {
   }
 }
 
-}  // namespace kaio::core
-
-namespace kaio::core {
-
 bool Mailbox::Nap(absl::Duration nap) {
   struct pollfd pfd = {event_fd_, POLLIN, 0};
   const struct timespec span = absl::ToTimespec(std::max(nap, absl::ZeroDuration()));

@@ -1,6 +1,7 @@
 // core/mailbox.h on its own: completions come out of Drain in the order they were delivered, slots
 // already returned are freed instead of listed, the eventfd is written once per sleep and only while
-// the owner is armed, and many producers lose nothing.
+// the owner is armed (while it naps, not for the pool's deliveries), and many producers lose
+// nothing.
 #include "core/mailbox.h"
 
 #include <poll.h>
