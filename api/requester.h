@@ -100,9 +100,9 @@ class Requester {
   size_t Poll(absl::Span<Completion> out);
   // Blocks until at least min_count completions were collected or the timeout passed; returns how
   // many it collected (fewer than min_count only on timeout). Sleeps while it waits; while the
-  // service's fallback pool runs one of this requester's requests it naps instead (50 us, then
-  // again only if the nap found a completion), so the pool need not wake it: a completion from
-  // the kernel still ends the nap at once.
+  // service's fallback pool runs one of this requester's buffered file writes it naps instead
+  // (50 us, then again only if the nap found a completion), so the pool need not wake it: a
+  // completion from the kernel still ends the nap at once.
   size_t Wait(absl::Span<Completion> out, size_t min_count, absl::Duration timeout = absl::InfiniteDuration());
 
   // ---- Barriers over tickets (the seed's suspend). They consume nothing: collect the results

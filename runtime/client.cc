@@ -239,13 +239,13 @@ size_t Client::Wait(absl::Span<Completion> out, size_t min_count, absl::Duration
       mailbox_->Arm();
     }
     if (mailbox_->SharedEmpty()) {
-      if (!nap) {
-        if (!mailbox_->Sleep(deadline)) break;
-      } else {
+      if (nap) {
         ++naps;
         const absl::Duration left = deadline - absl::Now();
         if (left <= absl::ZeroDuration()) break;
         mailbox_->Nap(std::min(left, kPoolNap));
+      } else if (!mailbox_->Sleep(deadline)) {
+        break;
       }
     }
     const size_t got = Poll(out.subspan(n));

@@ -74,10 +74,9 @@ class Client {
   uint32_t OwnSlot(Ticket ticket) const;
   bool Finished(Ticket ticket) const;
   void DisarmUnlessNotifying();
-  // Wait's nap while the pool runs one of our requests (see Client::Wait), and how many naps in a
-  // row that find nothing before it sleeps until woken: one, so a pool request that takes long (a
-  // cold-cache read, a write held by dirty-page throttling) costs one nap per sleep, not a stream
-  // of timer wake-ups (kMaxPoolNaps = 20 cost fallback_bench 0.87x its O_DIRECT reads).
+  // Wait's nap while the pool runs one of our buffered file writes (see Client::Wait), and how many
+  // naps in a row that find nothing before it sleeps until woken: one, so a write that takes long
+  // (held by dirty-page throttling) costs one nap per sleep, not a stream of timer wake-ups.
   static constexpr absl::Duration kPoolNap = absl::Microseconds(50);
   static constexpr int kMaxPoolNaps = 1;
   // Serial numbers for this client's tickets: a block of the process-wide range at a time.
