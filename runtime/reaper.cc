@@ -133,15 +133,20 @@ bool Engine::ReapAvailable(bool inline_caller) {
 }
 
 void Engine::RouteEvents(const KernelAio::Event* events, int got, bool inline_caller) {
+  // Uncounted before they are routed: their ring entries are free once taken, and a requester that
+  // sees its completion may submit again at once. Counted down after routing, a requester at
+  // iodepth == queue_depth found no room for its next request and handed it to the submitter
+  // thread (kaio_bench O_DIRECT qd128: 90% of requests through the submitter, twice the raw loop's
+  // CPU). Routing runs with reaping_ set, so the context outlives it even if the count reaches 0.
+  // seq_cst: a decrement of in_kernel_, before OnRoomFreed's load of room_wanted_ (engine.h).
+  in_kernel_.fetch_sub(got, std::memory_order_seq_cst);
+  OnRoomFreed();
   for (int i = 0; i < got; ++i) {
     if (core::PlantedBug(core::PlantedBugKind::kLostCompletion)) continue;
     RouteKernelResult(events[i].index, events[i].result);
   }
   // relaxed: a statistic.
   if (inline_caller) counters_.inline_reaped.fetch_add(static_cast<uint64_t>(got), std::memory_order_relaxed);
-  // seq_cst: a decrement of in_kernel_, before OnRoomFreed's load of room_wanted_ (engine.h).
-  in_kernel_.fetch_sub(got, std::memory_order_seq_cst);
-  OnRoomFreed();
 }
 
 void Engine::OnRoomFreed() {
