@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/clock.h"
 #include "core/mailbox.h"
 #include "core/request.h"
 #include "runtime/engine.h"
@@ -32,12 +33,28 @@ namespace kaio::runtime {
 
 // ---------------------------------------------------------------- the pool's workers
 
-FallbackPool::FallbackPool(core::SlotTable& slots, int max_threads, std::function<void(uint32_t)> run)
-    : max_threads_(std::max(1, max_threads)), run_(std::move(run)), queue_(slots) {}
+FallbackPool::FallbackPool(core::SlotTable& slots, int max_threads, std::function<void(uint32_t)> run, PoolSpin spin)
+    : max_threads_(std::max(1, max_threads)),
+      spin_(CpusWeMayUse() >= 2 ? spin : PoolSpin{.spin_ns = 0}),
+      run_(std::move(run)),
+      queue_(slots) {}
+
+int FallbackPool::CpusWeMayUse() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return CPU_COUNT(&set);
+}
 
 bool FallbackPool::Push(uint32_t index, int lane_fd) {
   std::unique_lock<std::mutex> lock(mu_);
   if (!queue_.Push(index, lane_fd)) return true;  // behind its lane's running write: its holder runs it
+  // relaxed, both: the flag only ends the spin early; the request itself passes under mu_, which
+  // the spinner takes before it looks at the queue.
+  if (spinning_ && !spin_claimed_.load(std::memory_order_relaxed)) {
+    spin_claimed_.store(true, std::memory_order_relaxed);
+    spin_handoffs_.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
+    return true;
+  }
   if (idle_ > 0 || static_cast<int>(threads_.size()) >= max_threads_) {
     // Woken after the unlock: a worker woken under the lock finds mu_ still held and sleeps on it,
     // a second sleep and wake-up per request (glibc's condition variable does not move a waiter to
@@ -81,6 +98,7 @@ void FallbackPool::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
+    spin_claimed_.store(true, std::memory_order_relaxed);  // ends a spin now (relaxed: see Push)
     cv_.notify_all();
     threads.swap(threads_);
   }
@@ -95,9 +113,35 @@ void FallbackPool::Loop() {
     if (!queue_.Take(&work)) {
       // Lanes other workers hold are theirs to finish.
       if (stopping_) return;
+      // A requester that gets one answer at a time (iodepth 1, a signal per request) sends its
+      // next request one round trip after the last answer: a sleeping worker then costs a wake-up
+      // of an idle CPU per request (the pusher's futex wake, and on a VM the wake of a halted
+      // vCPU). So when the last idle stretch was a round trip's length (longer than a stream's
+      // gap, shorter than the spin) and every other worker sleeps (the pool is not busy: the
+      // spin takes no CPU a busy pool needs), poll for a while first. A stretch the spin does
+      // not cover is followed by a sleep, and the next spin waits for such a stretch again
+      // (measured from before the spin, so stretches a little longer than it do not keep a
+      // worker spinning in vain).
+      const int64_t idle_since = core::MonotonicNs();
+      if (spin_.spin_ns > 0 && last_idle_short_ && !spinning_ && idle_ + 1 == static_cast<int>(threads_.size())) {
+        spinning_ = true;
+        spin_claimed_.store(false, std::memory_order_relaxed);  // relaxed: see Push
+        lock.unlock();
+        const bool claimed = SpinForPush();
+        lock.lock();
+        spinning_ = false;
+        const int64_t spun = core::MonotonicNs() - idle_since;
+        if (claimed || !queue_.Empty() || stopping_) {
+          last_idle_short_ = spun >= spin_.streaming_gap_ns;
+          continue;
+        }
+      }
       ++idle_;
       cv_.wait(lock, [this] { return !queue_.Empty() || stopping_; });
       --idle_;
+      // Measured to the wake-up, so with the wake-up's own latency.
+      const int64_t stretch = core::MonotonicNs() - idle_since - spin_.wake_ns;
+      last_idle_short_ = stretch < spin_.spin_ns && stretch >= spin_.streaming_gap_ns;
       continue;
     }
     do {
@@ -105,6 +149,19 @@ void FallbackPool::Loop() {
       run_(work.index);
       lock.lock();
     } while (work.lane_fd != PoolQueue::kAnyWorker && queue_.NextInLane(work.lane_fd, &work.index));
+  }
+}
+
+bool FallbackPool::SpinForPush() {
+  const int64_t give_up = core::MonotonicNs() + spin_.spin_ns;
+  while (true) {
+    // A few loads between clock reads (each pause is tens of cycles, so this is ~1 us).
+    for (int i = 0; i < 32; ++i) {
+      // relaxed: see Push.
+      if (spin_claimed_.load(std::memory_order_relaxed)) return true;
+      __builtin_ia32_pause();
+    }
+    if (core::MonotonicNs() >= give_up) return false;
   }
 }
 

@@ -1,7 +1,9 @@
 // FallbackPool on its own: every pushed request is run once, by at most max_threads workers; one
 // fd's lane runs on one worker, one request at a time, in push order; Stop finishes what the
-// workers hold and joins them.
+// workers hold and joins them; a worker that spins for the next push takes it, and Stop ends the spin.
 #include "runtime/fallback_pool.h"
+
+#include <sched.h>
 
 #include <algorithm>
 #include <chrono>
@@ -113,6 +115,44 @@ TEST(FallbackPool, StopFinishesWhatTheWorkersHoldThenJoins) {
   pool.Stop();  // the worker holds the lane: it runs all three before it leaves
   EXPECT_EQ(recorder.ran(), indices);
   pool.Stop();  // idempotent
+}
+
+// One request at a time, each pushed as soon as the last has run (iodepth 1): the worker spins
+// for the next push instead of sleeping, and the push hands its request over without a wake-up.
+// Every request still runs exactly once, in order; Stop ends a spin at once.
+TEST(FallbackPool, OneAtATimePushesGoToTheSpinningWorkerAndStopEndsTheSpin) {
+  cpu_set_t cpus;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(cpus), &cpus), 0);
+  if (CPU_COUNT(&cpus) < 2) GTEST_SKIP() << "one CPU: the pool does not spin";
+  core::SlotTable slots(64);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<uint32_t> ran;
+  // A spin far longer than the test (10 s), and every idle stretch counted as a round trip: every
+  // push after the first sleep finds the worker spinning. A Stop that waited the spin out would
+  // take 10 s.
+  const PoolSpin long_spin{.spin_ns = 10'000'000'000, .wake_ns = 0, .streaming_gap_ns = 0};
+  FallbackPool pool(
+      slots, /*max_threads=*/1,
+      [&](uint32_t index) {
+        std::lock_guard<std::mutex> lock(mu);
+        ran.push_back(index);
+        cv.notify_all();
+      },
+      long_spin);
+  const std::vector<uint32_t> indices = AcquireSlots(slots, 50);
+  for (size_t i = 0; i < indices.size(); ++i) {
+    ASSERT_TRUE(pool.Push(indices[i], i % 2 == 0 ? PoolQueue::kAnyWorker : /*lane_fd=*/5));
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, kDeadline, [&] { return ran.size() == i + 1; })) << "request " << i << " never ran";
+  }
+  EXPECT_EQ(ran, indices);
+  EXPECT_GT(pool.spin_handoffs(), 0u) << "no push found the worker spinning";
+  const auto stop_started = std::chrono::steady_clock::now();
+  pool.Stop();  // the worker spins now (the last request ran, nothing more comes)
+  EXPECT_LT(std::chrono::steady_clock::now() - stop_started, std::chrono::seconds(5))
+      << "Stop waited for the spin to run out";
+  EXPECT_EQ(pool.threads_started(), 1u);
 }
 
 }  // namespace
