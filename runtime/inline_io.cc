@@ -264,6 +264,11 @@ void Engine::LearnFdKinds(const Submitted* batch, size_t count) {
   for (size_t i = 0; i < count; ++i) {
     const int fd = batch[i].fd;
     if (fd < 0 || fd >= kFdKinds || !batch[i].read_or_write) continue;
+    // relaxed: a hint, as every fd_kind_ access. Async is final (nothing to learn); a kind known
+    // already is not written again: a failing CAS is a locked instruction all the same, and it was
+    // one per page-cache read.
+    const uint8_t known = fd_kind_[fd].load(std::memory_order_relaxed);
+    if (known == kFdAsync) continue;
     // Only the slot word is read: a slot freed since (another generation) held a request that
     // completed, whoever has the slot now.
     // acquire: pairs with the release of the hop that moved it since (only its state and generation
@@ -274,8 +279,8 @@ void Engine::LearnFdKinds(const Submitted* batch, size_t count) {
     // stays, whichever order two learners run in.
     if (state == SlotState::kInKernel) {
       fd_kind_[fd].store(kFdAsync, std::memory_order_relaxed);
-    } else if (state == SlotState::kCompleted || state == SlotState::kPoolQueued ||
-               state == SlotState::kPoolRunning) {
+    } else if (known == kFdUnknown && (state == SlotState::kCompleted || state == SlotState::kPoolQueued ||
+                                       state == SlotState::kPoolRunning)) {
       uint8_t unknown = kFdUnknown;
       fd_kind_[fd].compare_exchange_strong(unknown, kFdCompletesInline, std::memory_order_relaxed);
     }
