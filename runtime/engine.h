@@ -327,7 +327,11 @@ class Engine {
   // Gives back the eventfd flag of a request leaving the kernel (or never entering it), in its
   // IoRequest and in the kernel form already built (KernelAio::Resignal).
   void Resignal(core::Slot& slot);
-  void RouteKernelResult(uint32_t index, int64_t result);
+  // Resignal without the count: true if the request was unsignalled, and the caller then takes it
+  // off unsignalled_ (RouteEvents: once per reaped batch, not once per request).
+  bool ResignalUncounted(core::Slot& slot);
+  // Adds 1 to *resignalled for a request that was unsignalled (see ResignalUncounted).
+  void RouteKernelResult(uint32_t index, int64_t result, int64_t* resignalled);
   static bool StoppedShort(const core::IoRequest& io, int64_t result);
 
   // Queues a request in kPoolQueued for a worker (starting one if none is idle and fewer than

@@ -296,12 +296,17 @@ void Engine::EnsureUnsignalledWatched() {
 }
 
 void Engine::Resignal(core::Slot& slot) {
-  if (!(slot.flags & core::kSlotUnsignalled)) return;
-  slot.flags &= ~core::kSlotUnsignalled;
-  kernel_.Resignal(slot, kernel_efd_.get());
+  if (!ResignalUncounted(slot)) return;
   // seq_cst: the count of the unsignalled_ / reaper_watching_ handshake (engine.h); once it reaches 0
   // the reaper stops watching.
   unsignalled_.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+bool Engine::ResignalUncounted(core::Slot& slot) {
+  if (!(slot.flags & core::kSlotUnsignalled)) return false;
+  slot.flags &= ~core::kSlotUnsignalled;
+  kernel_.Resignal(slot, kernel_efd_.get());
+  return true;
 }
 
 }  // namespace kaio::runtime

@@ -141,10 +141,15 @@ void Engine::RouteEvents(const KernelAio::Event* events, int got, bool inline_ca
   // seq_cst: a decrement of in_kernel_, before OnRoomFreed's load of room_wanted_ (engine.h).
   in_kernel_.fetch_sub(got, std::memory_order_seq_cst);
   OnRoomFreed();
+  int64_t resignalled = 0;
   for (int i = 0; i < got; ++i) {
     if (core::PlantedBug(core::PlantedBugKind::kLostCompletion)) continue;
-    RouteKernelResult(events[i].index, events[i].result);
+    RouteKernelResult(events[i].index, events[i].result, &resignalled);
   }
+  // One read-modify-write per batch (a page-cache batch is all unsignalled: it was one per read).
+  // Counted down after routing, the reaper may watch a moment longer than needed, never less.
+  // seq_cst: the count of the unsignalled_ / reaper_watching_ handshake (engine.h).
+  if (resignalled > 0) unsignalled_.fetch_sub(resignalled, std::memory_order_seq_cst);
   // relaxed: a statistic.
   if (inline_caller) counters_.inline_reaped.fetch_add(static_cast<uint64_t>(got), std::memory_order_relaxed);
 }
@@ -162,12 +167,13 @@ void Engine::OnRoomFreed() {
   }
 }
 
-void Engine::RouteKernelResult(uint32_t index, int64_t result) {
+void Engine::RouteKernelResult(uint32_t index, int64_t result, int64_t* resignalled) {
   core::Slot& slot = slots_.at(index);
   // acquire: the kernel hand-off is invisible to TSan and to the memory model; this pairs with the
   // submitter's release into kInKernel, so the request and flags it wrote are visible here.
   uint64_t word = core::Look(slot);
-  Resignal(slot);  // whatever happens next (pool, another submission), it gets the eventfd back
+  // Whatever happens next (pool, another submission), it gets the eventfd back.
+  if (ResignalUncounted(slot)) ++*resignalled;
   // A lone read or write on a socket with an offset: kernel AIO says ESPIPE, where pread's ESPIPE
   // makes glibc read; its lane ignores the offset.
   if (result == -ESPIPE && MoveToLane(index, word)) return;
