@@ -123,7 +123,7 @@ void FallbackPool::Loop() {
       // (measured from before the spin, so stretches a little longer than it do not keep a
       // worker spinning in vain).
       const int64_t idle_since = core::MonotonicNs();
-      if (spin_.spin_ns > 0 && last_idle_short_ && !spinning_ && idle_ + 1 == static_cast<int>(threads_.size())) {
+      if (spin_.spin_ns > 0 && last_idle_was_round_trip_ && !spinning_ && idle_ + 1 == static_cast<int>(threads_.size())) {
         spinning_ = true;
         spin_claimed_.store(false, std::memory_order_relaxed);  // relaxed: see Push
         lock.unlock();
@@ -132,7 +132,7 @@ void FallbackPool::Loop() {
         spinning_ = false;
         const int64_t spun = core::MonotonicNs() - idle_since;
         if (claimed || !queue_.Empty() || stopping_) {
-          last_idle_short_ = spun >= spin_.streaming_gap_ns;
+          last_idle_was_round_trip_ = spun >= spin_.streaming_gap_ns;
           continue;
         }
       }
@@ -141,7 +141,7 @@ void FallbackPool::Loop() {
       --idle_;
       // Measured to the wake-up, so with the wake-up's own latency.
       const int64_t stretch = core::MonotonicNs() - idle_since - spin_.wake_ns;
-      last_idle_short_ = stretch < spin_.spin_ns && stretch >= spin_.streaming_gap_ns;
+      last_idle_was_round_trip_ = stretch < spin_.spin_ns && stretch >= spin_.streaming_gap_ns;
       continue;
     }
     do {

@@ -88,11 +88,11 @@ class FallbackPool {
   int idle_ = 0;                      // under mu_
   bool stopping_ = false;             // under mu_
   // At most one worker spins (polls for the next push) instead of sleeping, and only while the
-  // others sleep and the last idle stretch was short (see Loop). Under mu_; spin_claimed_ is set
-  // under mu_ too, by the push that hands its request to the spinner, and read by the spinner
-  // without it (then it takes the request under mu_).
+  // others sleep and the last idle stretch was a round trip's length (see Loop). Under mu_;
+  // spin_claimed_ is set under mu_ too, by the push that hands its request to the spinner, and
+  // read by the spinner without it (then it takes the request under mu_).
   bool spinning_ = false;
-  bool last_idle_short_ = false;
+  bool last_idle_was_round_trip_ = false;
   std::atomic<bool> spin_claimed_{false};
   std::atomic<uint64_t> threads_started_{0};
   std::atomic<uint64_t> spin_handoffs_{0};
