@@ -169,8 +169,36 @@ void Mailbox::ResetForNewOwner() {
   local_head_ = local_tail_ = 0;
 }
 
-bool Mailbox::Sleep(absl::Time deadline) {
-  struct pollfd pfd = {event_fd_, POLLIN, 0};
+namespace {
+
+// The poll set of a sleep: the mailbox's eventfd, and `also` if there is one. Returns how many fds.
+nfds_t SleepSet(int event_fd, Mailbox::AlsoWatch* also, struct pollfd (&pfds)[2]) {
+  pfds[0] = {event_fd, POLLIN, 0};
+  if (also == nullptr || also->fd < 0) return 1;
+  also->ready = false;
+  pfds[1] = {also->fd, POLLIN, 0};
+  return 2;
+}
+
+// After a poll that returned > 0: true if the sleep is over (something readable); false if the only
+// event was a closed `also`, which is then left out (pfds[1].fd = -1: poll skips it).
+bool SleepOver(nfds_t nfds, struct pollfd (&pfds)[2], Mailbox::AlsoWatch* also) {
+  if (nfds == 2) {
+    if (pfds[1].revents & POLLNVAL) {
+      also->closed = true;
+      pfds[1].fd = -1;
+    } else if (pfds[1].revents != 0) {
+      also->ready = true;
+    }
+  }
+  return pfds[0].revents != 0 || (nfds == 2 && also->ready);
+}
+
+}  // namespace
+
+bool Mailbox::Sleep(absl::Time deadline, AlsoWatch* also) {
+  struct pollfd pfds[2];
+  const nfds_t nfds = SleepSet(event_fd_, also, pfds);
   while (true) {
     int timeout_ms = -1;
     if (deadline != absl::InfiniteFuture()) {
@@ -178,19 +206,20 @@ bool Mailbox::Sleep(absl::Time deadline) {
       if (left <= absl::ZeroDuration()) return false;
       timeout_ms = static_cast<int>(absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))));
     }
-    int rc = poll(&pfd, 1, timeout_ms);
-    if (rc > 0) return true;
+    int rc = poll(pfds, nfds, timeout_ms);
+    if (rc > 0 && SleepOver(nfds, pfds, also)) return true;
     if (rc == 0 && deadline != absl::InfiniteFuture() && absl::Now() >= deadline) return false;
-    // EINTR or an early timeout: go round.
+    // EINTR, an early timeout or a closed `also`: go round.
   }
 }
 
-bool Mailbox::Nap(absl::Duration nap) {
-  struct pollfd pfd = {event_fd_, POLLIN, 0};
+bool Mailbox::Nap(absl::Duration nap, AlsoWatch* also) {
+  struct pollfd pfds[2];
+  const nfds_t nfds = SleepSet(event_fd_, also, pfds);
   const struct timespec span = absl::ToTimespec(std::max(nap, absl::ZeroDuration()));
   // ppoll, not poll: poll's milliseconds would turn a 50 us nap into 1 ms. EINTR or the timeout
   // alike end the nap; the caller looks at the stack either way.
-  return ppoll(&pfd, 1, &span, nullptr) > 0;
+  return ppoll(pfds, nfds, &span, nullptr) > 0 && SleepOver(nfds, pfds, also);
 }
 
 }  // namespace kaio::core

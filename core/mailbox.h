@@ -58,10 +58,19 @@ class Mailbox : public CompletionSink {
   // As Arm(), but fallback workers' deliveries leave the owner asleep: only for a Nap.
   void ArmExceptPool() { ArmAs(kArmedExceptPool); }
   // Sleeps until woken or `nap` has passed (microseconds are honoured); true if woken.
-  bool Nap(absl::Duration nap);
+  // Both sleeps may watch one more fd, `also`: its own requests' completions that the kernel
+  // announces straight to the owner (Client's reap fd). The sleep ends when it becomes readable too;
+  // `also.ready` then says so (the owner reads it). An `also` the program closed (POLLNVAL) is left
+  // out of that sleep, and `also.closed` says so.
+  struct AlsoWatch {
+    int fd = -1;
+    bool ready = false;
+    bool closed = false;
+  };
+  bool Nap(absl::Duration nap, AlsoWatch* also = nullptr);
   void Disarm();
   // Sleeps until woken or the deadline passes; false on timeout.
-  bool Sleep(absl::Time deadline);
+  bool Sleep(absl::Time deadline, AlsoWatch* also = nullptr);
   // Wakes the owner as a producer would (makes the notify fd readable) if it is armed.
   void SelfWake();
   // Called once by each fallback pool worker thread: its deliveries are the pool's (see Naps).

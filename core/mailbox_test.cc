@@ -5,6 +5,8 @@
 #include "core/mailbox.h"
 
 #include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
@@ -171,6 +173,47 @@ TEST_F(MailboxTest, SleepTimesOutWhenNothingArrives) {
   mailbox_->Disarm();  // still armed: no token to take
   EXPECT_EQ(sys_.reads.load(), 0);
   EXPECT_FALSE(Readable(mailbox_->event_fd()));
+}
+
+// A client's reap fd (runtime/client.cc): the kernel writes it for the owner's own requests, so a
+// sleep must end on it as on a delivery, and say which of the two it was.
+TEST_F(MailboxTest, ASleepAlsoEndsWhenTheWatchedFdBecomesReadable) {
+  const int other = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  ASSERT_GE(other, 0);
+  Mailbox::AlsoWatch also{other};
+  mailbox_->Arm();
+  EXPECT_FALSE(mailbox_->Sleep(absl::Now() + absl::Milliseconds(20), &also)) << "neither fd is readable";
+  EXPECT_FALSE(also.ready);
+  const uint64_t one = 1;
+  ASSERT_EQ(write(other, &one, sizeof one), static_cast<ssize_t>(sizeof one));
+  EXPECT_TRUE(mailbox_->Sleep(absl::Now() + absl::Seconds(20), &also)) << "woken by the watched fd";
+  EXPECT_TRUE(also.ready);
+  EXPECT_TRUE(mailbox_->Nap(absl::Seconds(20), &also)) << "a nap too";
+  EXPECT_TRUE(also.ready);
+  uint64_t count;
+  ASSERT_EQ(read(other, &count, sizeof count), static_cast<ssize_t>(sizeof count));
+  mailbox_->Deliver(CompletedSlot());
+  EXPECT_TRUE(mailbox_->Sleep(absl::Now() + absl::Seconds(20), &also)) << "a delivery still wakes it";
+  EXPECT_FALSE(also.ready) << "and the watched fd is not said to be ready";
+  EXPECT_FALSE(also.closed);
+  mailbox_->Disarm();
+  mailbox_->Drain();
+  EXPECT_EQ(TakeLocal().size(), 1u);
+  close(other);
+}
+
+TEST_F(MailboxTest, AWatchedFdTheProgramClosedEndsNoSleep) {
+  const int other = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  ASSERT_GE(other, 0);
+  close(other);  // poll says POLLNVAL for it at once, every time
+  Mailbox::AlsoWatch also{other};
+  mailbox_->Arm();
+  const absl::Time start = absl::Now();
+  EXPECT_FALSE(mailbox_->Sleep(start + absl::Milliseconds(50), &also)) << "it sleeps until the deadline";
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(50));
+  EXPECT_TRUE(also.closed) << "and says the fd is gone";
+  EXPECT_FALSE(also.ready);
+  mailbox_->Disarm();
 }
 
 TEST_F(MailboxTest, SelfWakeWakesOnlyAnArmedOwner) {
