@@ -13,7 +13,10 @@
 // blocking anywhere else (epoll_wait on the notify fd, say). Those calls may make the io_submit
 // syscall or hand a request to the blocking pool, but they never sleep unless their name says
 // Wait. With ServiceOptions::fallback_threads == 0 there is no RWF_NOWAIT (io_submit itself might
-// block), so inline_io is off.
+// block), so inline_io is off. An inline requester owns one more eventfd (its reap fd, made at
+// creation; without one, EMFILE, it works as before): the kernel announces its inline-submitted
+// device requests there, and its waits sleep on it and reap; a request nobody waits for is reaped
+// by the service within about a millisecond (docs/guide.md, inline I/O).
 //
 // Order: requests on a regular file or block device run in parallel, in any order (two overlapping
 // writes may land either way round: wait for one before you send the other). On a descriptor that

@@ -82,7 +82,7 @@ enum SlotFlags : uint32_t {
   kSlotNowait = 1u << 0,      // submitted with RWF_NOWAIT; EAGAIN means "would block", not an error
   kSlotForcePool = 1u << 1,   // run it in the fallback pool
   kSlotForceKernel = 1u << 2, // known not to block the submitter (O_DIRECT): no RWF_NOWAIT retry
-  kSlotUnsignalled = 1u << 3, // in the kernel without IOCB_FLAG_RESFD: its completion wakes nobody
+  kSlotUnsignalled = 1u << 3, // in the kernel not announcing itself on the engine's eventfd (none, or its requester's)
   kSlotStream = 1u << 4,      // in a runtime::StreamLanes lane: run in call order, one at a time
   kSlotCounted = 1u << 5,     // counted in its fd's order bookkeeping (Engine::DispatchOrder)
   kSlotOutside = 1u << 6,     // ... on the usual paths (kernel, pool), not in a lane

@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -58,6 +60,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(Engine& engine, MailboxPo
 Client::Client(Engine& engine, MailboxPool& pool, core::Mailbox* mailbox, bool inline_io)
     : engine_(engine), pool_(pool), mailbox_(mailbox), token_(engine_.NewProducerToken()), inline_io_(inline_io) {
   engine_.RegisterSink(mailbox_);
+  // Without one (EMFILE), our requests announce themselves on the engine's eventfd, as before.
+  if (inline_io_) reap_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
 
 Client::~Client() {
@@ -66,7 +70,7 @@ Client::~Client() {
   while (mailbox_->delivered.load(std::memory_order_seq_cst) != mailbox_->accepted.load(std::memory_order_relaxed)) {
     mailbox_->Arm();
     if (mailbox_->delivered.load(std::memory_order_seq_cst) == mailbox_->accepted.load(std::memory_order_relaxed)) break;
-    mailbox_->Sleep(absl::InfiniteFuture());
+    Sleep(absl::InfiniteFuture());
   }
   mailbox_->Disarm();
   // Free every slot still holding an unconsumed completion.
@@ -78,6 +82,8 @@ Client::~Client() {
   }
   engine_.UnregisterSink(mailbox_);
   pool_.GiveBack(mailbox_);
+  // Nothing of ours is in flight; the kernel holds its own reference to an eventfd it signals anyway.
+  if (reap_fd_ >= 0) close(reap_fd_);
 }
 
 // ---------------------------------------------------------------- submission
@@ -197,7 +203,8 @@ size_t Client::TakeLocal(absl::Span<Completion> out) {
 void Client::Flush() {
   if (!flush_pending_) return;
   flush_pending_ = false;
-  engine_.SubmitInline(*token_);
+  // In notify mode the program sleeps on the notify fd, never on reap_fd_.
+  engine_.SubmitInline(*token_, notify_mode_ ? -1 : reap_fd_);
 }
 
 void Client::PumpInline() {
@@ -226,6 +233,40 @@ void Client::DisarmUnlessNotifying() {
   if (!notify_mode_) mailbox_->Disarm();
 }
 
+bool Client::Sleep(absl::Time deadline) {
+  if (reap_fd_ < 0) return mailbox_->Sleep(deadline);
+  core::Mailbox::AlsoWatch also{reap_fd_};
+  const bool woken = mailbox_->Sleep(deadline, &also);
+  ReapAfterKernelWake(also);
+  return woken;
+}
+
+bool Client::Nap(absl::Duration nap) {
+  if (reap_fd_ < 0) return mailbox_->Nap(nap);
+  core::Mailbox::AlsoWatch also{reap_fd_};
+  const bool woken = mailbox_->Nap(nap, &also);
+  ReapAfterKernelWake(also);
+  return woken;
+}
+
+void Client::ReapAfterKernelWake(core::Mailbox::AlsoWatch& also) {
+  if (also.closed) {
+    // The program closed our number: the engine's eventfd from now on (SubmitBatch repairs what is
+    // sent meanwhile; what is in flight is the reaper's millisecond look's).
+    reap_fd_ = -1;
+    return;
+  }
+  if (!also.ready) return;
+  // Disarmed first: our own reap delivers to our mailbox, and while armed each such delivery is an
+  // eventfd write and its read. The caller arms again before it sleeps (every wait loop does).
+  if (!notify_mode_) mailbox_->Disarm();
+  // Read before reaping: a completion after the read makes it readable again. Only EAGAIN can
+  // fail it (someone else's read), which leaves nothing to do but reap.
+  uint64_t count;
+  (void)!read(reap_fd_, &count, sizeof count);
+  engine_.ReapInlineWaiting();
+}
+
 // While a fallback worker runs one of our buffered file writes, Wait naps instead of sleeping until
 // woken: the worker's eventfd write that wakes a sleeping requester was 28 % of all samples of
 // kaio_bench buffered randwrite qd32 (perf, BENCHMARKS.md session 13), the dearest part of a pool
@@ -250,8 +291,8 @@ size_t Client::Wait(absl::Span<Completion> out, size_t min_count, absl::Duration
         ++naps;
         const absl::Duration left = deadline - absl::Now();
         if (left <= absl::ZeroDuration()) break;
-        mailbox_->Nap(std::min(left, kPoolNap));
-      } else if (!mailbox_->Sleep(deadline)) {
+        Nap(std::min(left, kPoolNap));
+      } else if (!Sleep(deadline)) {
         break;
       }
     }
@@ -299,7 +340,7 @@ absl::Status Client::WaitAll(absl::Span<const Ticket> tickets, absl::Duration ti
     if (next == tickets.size()) break;
     mailbox_->Arm();
     if (Finished(tickets[next])) continue;
-    if (!mailbox_->Sleep(deadline)) {
+    if (!Sleep(deadline)) {
       DisarmUnlessNotifying();
       return absl::DeadlineExceededError(
           absl::StrCat("kaio: WaitAll timed out with ", tickets.size() - next, " of ", tickets.size(), " requests running (EAGAIN)"));
@@ -332,7 +373,7 @@ absl::StatusOr<size_t> Client::WaitAny(absl::Span<const Ticket> tickets, absl::D
       continue;
     }
     armed = false;
-    if (!mailbox_->Sleep(deadline)) {
+    if (!Sleep(deadline)) {
       DisarmUnlessNotifying();
       return absl::DeadlineExceededError("kaio: WaitAny timed out (EAGAIN)");
     }

@@ -21,6 +21,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "core/io_request.h"
+#include "core/mailbox.h"
 #include "kaio/types.h"
 #include "runtime/engine.h"
 
@@ -74,6 +75,12 @@ class Client {
   uint32_t OwnSlot(Ticket ticket) const;
   bool Finished(Ticket ticket) const;
   void DisarmUnlessNotifying();
+  // Mailbox::Sleep and Nap, watching reap_fd_ too; after a wake-up on it, reaps (the kernel told us
+  // one of our requests finished, and only we were told). False on timeout, as Sleep; Nap's true
+  // means woken.
+  bool Sleep(absl::Time deadline);
+  bool Nap(absl::Duration nap);
+  void ReapAfterKernelWake(core::Mailbox::AlsoWatch& also);
   // Wait's nap while the pool runs one of our buffered file writes (see Client::Wait), and how many
   // naps in a row that find nothing before it sleeps until woken: one, so a write that takes long
   // (held by dirty-page throttling) costs one nap per sleep, not a stream of timer wake-ups.
@@ -90,6 +97,11 @@ class Client {
   std::unique_ptr<Engine::ProducerToken> token_;
   bool notify_mode_ = false;
   const bool inline_io_;
+  // inline_io: the eventfd the kernel announces our inline-submitted requests' completions on
+  // (Engine::SubmitInline's owner_reap_fd), so that Wait is woken by the kernel itself and reaps;
+  // -1 without inline_io, in notify mode (the program sleeps on the notify fd, not in our waits),
+  // or if it could not be made or the program closed it (the engine's eventfd then, as before).
+  int reap_fd_ = -1;
   bool flush_pending_ = false;  // inline_io: requests queued while the submitter sleeps
   uint64_t next_serial_ = 0;
   uint64_t serial_block_end_ = 0;

@@ -54,7 +54,7 @@ bool Engine::EnqueueDeferred(ProducerToken& token, uint32_t index) {
   return true;
 }
 
-void Engine::SubmitInline(ProducerToken& token) {
+void Engine::SubmitInline(ProducerToken& token, int owner_reap_fd) {
   // The submit role is taken by the submitter thread (then it is awake and drains everything) or
   // by another inline caller (which drains only its own token's requests): either way, ours need
   // the submitter thread, so wake it if it sleeps.
@@ -77,7 +77,13 @@ void Engine::SubmitInline(ProducerToken& token) {
     int64_t room = options_.queue_depth - in_kernel_.load(std::memory_order_acquire);
     size_t want = static_cast<size_t>(std::clamp<int64_t>(room, 0, options_.submit_batch));
     if (want == 0) {
-      handed_over = true;  // the kernel queue is full: the submitter waits for room, we do not
+      // The kernel queue is full: the submitter waits for room, we do not. But only if something is
+      // left: a requester that reaps its own completions (owner_reap_fd) submits exactly as many as
+      // it reaped, so its drain fills the room to the last place every time, and a hand-over then
+      // woke the submitter for nothing, which, awake, took the next requests too (kaio_bench O_DIRECT
+      // qd128 at queue_depth 128: 45% of requests through the submitter, 2.2 us CPU per read
+      // against 1.4).
+      handed_over = submit_queue_.MayHoldWork();
       break;
     }
     size_t count = submit_queue_.DrainFrom(token, inline_batch_.data(), want);
@@ -85,7 +91,7 @@ void Engine::SubmitInline(ProducerToken& token) {
     // relaxed: a statistic.
     counters_.inline_submitted.fetch_add(count, std::memory_order_relaxed);
     learn_.clear();
-    const bool requeued = SubmitBatch(inline_batch_.data(), count, &token);
+    const bool requeued = SubmitBatch(inline_batch_.data(), count, &token, owner_reap_fd);
     // Requests the kernel finished inside io_submit (page-cache hits) are in the ring now: reap
     // them here, and learn from what is still running which fds need the eventfd.
     // (Only when no one else is halfway through a reap: a request it has taken from the ring but
@@ -235,6 +241,15 @@ void Engine::ReapInline() {
   // acquire: taking the reap role (pairs with ReleaseRole's release), so KernelAio's reap buffers
   // and getevents_failing_ pass from holder to holder.
   if (reap_role_.exchange(true, std::memory_order_acquire)) return;
+  ReapAvailable(/*inline_caller=*/true);
+  ReleaseRole(reap_role_);
+}
+
+void Engine::ReapInlineWaiting() {
+  // relaxed: a hint. Our own requests were counted by this thread, so a 0 means a reaper has taken
+  // them from the ring already (RouteEvents counts down before routing): it delivers them.
+  if (in_kernel_.load(std::memory_order_relaxed) == 0) return;
+  AcquireRole(reap_role_);
   ReapAvailable(/*inline_caller=*/true);
   ReleaseRole(reap_role_);
 }

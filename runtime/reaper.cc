@@ -84,10 +84,24 @@ void Engine::WatchUnsignalled() {
   // seq_cst, with EnsureUnsignalledWatched's load: while it reads true, the caller leaves its requests
   // to us; the loop's loads (seq_cst) and ReaperLoop's re-check after the store of false see them.
   reaper_watching_.store(true, std::memory_order_seq_cst);
-  while (unsignalled_.load(std::memory_order_seq_cst) > 0) {
-    // Requests without the eventfd flag announce nothing: look at the ring every millisecond (or
-    // at once when a flagged one completes). Only a wrong guess about an fd lands here, and that
-    // fd is then async for good, so this is rare; the reap role stays free meanwhile.
+  // Lingers for kWatchLingerLooks looks after the count reaches 0: a requester at iodepth 1 has
+  // nothing unsignalled between a completion and its next request, and leaving at once made each
+  // of its requests write the eventfd to start the watch again (EnsureUnsignalledWatched): the
+  // wake-up per request that announcing to the requester is there to save.
+  int quiet_looks = 0;
+  while (true) {
+    // seq_cst: the count of the handshake, as below the loop.
+    if (unsignalled_.load(std::memory_order_seq_cst) > 0) {
+      quiet_looks = 0;
+    } else if (++quiet_looks > kWatchLingerLooks) {
+      break;
+    }
+    // Requests without the eventfd flag announce nothing to us: look at the ring every millisecond
+    // (or at once when a flagged one completes). Two kinds: a wrong guess about an fd (then async
+    // for good, so rare), and requests that announce themselves to their waiting requester, which
+    // reaps them itself (SubmitInline's owner_reap_fd): for those this look only serves whoever
+    // else needs them, and costs a wake-up per millisecond, not one per reaped batch. The reap role
+    // stays free meanwhile.
     WaitForCompletions(1);
     AcquireRole(reap_role_);
     ReapAvailable(/*inline_caller=*/false);

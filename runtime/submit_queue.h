@@ -83,6 +83,10 @@ class SubmitQueue {
   size_t DrainFrom(ProducerToken& producer, uint32_t* out, size_t max) {
     return queue_.try_dequeue_bulk_from_producer(producer, out, max);
   }
+  // False only if no producer's queue holds anything. Exact for the calling thread's own requests
+  // (its pushes are its own stores; a stale view of drains only errs high); O(producers): for a rare
+  // question only (SubmitInline out of room), never per request.
+  bool MayHoldWork() const { return queue_.size_approx() != 0; }
   // Sets the sleep bit unless an Announce came since `seq` (then the caller drains again).
   bool TrySleep(uint64_t seq) {
     // seq_cst RMW: a producer's add comes before it (the CAS fails) or after (the add sees the bit).

@@ -90,7 +90,7 @@ void Engine::MaybeReleaseContext(absl::Time now) {
   context_.Release();
 }
 
-bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) {
+bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue, int owner_reap_fd) {
   kernel_.StartBatch();
   size_t kernel_count = 0;
   int64_t unsignalled_count = 0;
@@ -152,24 +152,29 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
     const bool completes_inline = FdCompletesInline(slot.io.fd);
     if (!completes_inline) goes_to_device = true;
     const bool unsignalled = requeue != nullptr && (slot.flags & core::kSlotNowait) && completes_inline;
+    // The inline caller's own eventfd, if it gave one (SubmitInline): the reaper thread is not
+    // woken for these, so they count as unsignalled for it (it still looks every millisecond).
+    const bool owner_signalled = !unsignalled && owner_reap_fd >= 0 && slot.io.signal;
     if (unsignalled) {
       slot.io.signal = false;
+      slot.flags |= core::kSlotUnsignalled;
+    } else if (owner_signalled) {
       slot.flags |= core::kSlotUnsignalled;
     }
     if (IsWrite(slot.io.op) && core::PlantedBug(core::PlantedBugKind::kMisdirectedWrite)) slot.io.offset ^= 4096;
     // The kernel's form is written before the release into kInKernel, so a canceller that sees
     // the state finds it whole.
-    kernel_.Add(index, kernel_efd_.get());
+    kernel_.Add(index, owner_signalled ? owner_reap_fd : kernel_efd_.get());
     if (!core::Move(slot, word, SlotState::kInKernel)) {
       kernel_.DropLast();
-      if (unsignalled) {
+      if (unsignalled || owner_signalled) {
         slot.io.signal = true;
         slot.flags &= ~core::kSlotUnsignalled;
       }
       Complete(index, SlotState::kCancelledQueued, -ECANCELED);  // cancelled just now
       continue;
     }
-    if (unsignalled) ++unsignalled_count;
+    if (unsignalled || owner_signalled) ++unsignalled_count;
     if (requeue != nullptr) {
       submit_meta_[kernel_count] = Submitted{index, WordGeneration(word), slot.io.fd, IsReadOrWrite(slot.io.op)};
     }
@@ -210,7 +215,9 @@ bool Engine::SubmitBatch(uint32_t* batch, size_t count, ProducerToken* requeue) 
       continue;
     }
     // EBADF or EINVAL for the completion eventfd, not the request: the program closed it or put
-    // another file on its number. Replace it and send the rest again.
+    // another file on its number. Replace it and send the rest again. (An inline caller's own
+    // eventfd is not the engine's: RepairIfLost says true, and the rest go on the engine's, still
+    // counted as unsignalled until they are reaped.)
     if (const int signal_fd = kernel_.BatchSignalFd(done);
         (rc == -EBADF || rc == -EINVAL) && signal_fd >= 0 && kernel_efd_.RepairIfLost(signal_fd)) {
       kernel_efd_replaced_.store(true, std::memory_order_relaxed);  // a hint for the reaper's timeout

@@ -100,7 +100,7 @@ TEST(InlineIo, ThePollingThreadSubmitsAndReapsCachedReadsItself) {
       << "the last " << kMeasuredRounds << " rounds should take about one io_submit each";
 }
 
-TEST(InlineIo, DirectReadsFinishThroughTheReaperWhileTheRequesterSleeps) {
+TEST(InlineIo, DirectReadsFinishWhileTheRequesterSleeps) {
   KAIO_SKIP_UNLESS_O_DIRECT();
   auto service = NewService();
   ASSERT_NE(service, nullptr);
@@ -108,6 +108,46 @@ TEST(InlineIo, DirectReadsFinishThroughTheReaperWhileTheRequesterSleeps) {
   TempFile file(64 * kBlock, O_DIRECT);
   std::vector<AlignedBuffer> bufs = BlockBuffers(16);
   for (int round = 0; round < 4; ++round) ReadBlocks(*requester, file, bufs, round * 16, 16);
+}
+
+// A sleeping inline requester's device reads announce their completion to it (its reap fd), and it
+// reaps them itself: no reaper thread woken to route them, then waking it (two context switches per
+// read at iodepth 1). The reaper's millisecond look may take a few; most are the requester's.
+TEST(InlineIo, ASleepingRequesterReapsItsOwnDeviceReads) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
+  auto service = NewService();
+  ASSERT_NE(service, nullptr);
+  auto requester = NewInlineRequester(*service);
+  TempFile file(64 * kBlock, O_DIRECT);
+  std::vector<AlignedBuffer> bufs = BlockBuffers(1);
+  constexpr int kReads = 64;
+  const ServiceStats before = service->Stats();
+  for (int i = 0; i < kReads; ++i) ReadBlocks(*requester, file, bufs, i, 1);
+  const ServiceStats after = service->Stats();
+  EXPECT_GT(after.inline_reaped - before.inline_reaped, static_cast<uint64_t>(kReads / 2))
+      << "the reaper thread routed most of them";
+}
+
+// Announced only to the requester, a read must still finish when the requester does not wait for
+// it: Error() reaps nothing, so only the reaper's look at the ring (every millisecond while such
+// requests are in flight) can move it.
+TEST(InlineIo, ADeviceReadNobodyWaitsForStillCompletes) {
+  KAIO_SKIP_UNLESS_O_DIRECT();
+  auto service = NewService();
+  ASSERT_NE(service, nullptr);
+  auto requester = NewInlineRequester(*service);
+  TempFile file(64 * kBlock, O_DIRECT);
+  std::vector<AlignedBuffer> bufs = BlockBuffers(2);
+  // One read waited for first, so the requester has slept on its reap fd (and the fd kind is known).
+  ReadBlocks(*requester, file, bufs, 0, 1);
+  auto t = requester->Read(file.fd(), bufs[1].data(), kBlock, 5 * kBlock, 7);
+  ASSERT_TRUE(t.ok()) << t.status();
+  requester->Flush();
+  EXPECT_TRUE(WaitUntil([&] { return requester->Error(*t) != EINPROGRESS; }))
+      << "nobody reaped a read announced only to its requester";
+  EXPECT_EQ(requester->Error(*t), 0);
+  EXPECT_EQ(requester->Return(*t), static_cast<int64_t>(kBlock));
+  EXPECT_EQ(bufs[1].data()[0], TempFile::PatternByte(5 * kBlock));
 }
 
 TEST(InlineIo, WaitAllAndWaitAnyFlushWhatTheyWaitFor) {
