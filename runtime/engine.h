@@ -385,6 +385,7 @@ class Engine {
   WriteRefusals write_refusals_;
   alignas(64) std::atomic<int64_t> unsignalled_{0};  // requests in the kernel without the flag
   std::atomic<bool> reaper_watching_{false};         // the reaper is in WatchUnsignalled
+  std::atomic<bool> watch_wanted_{false};            // woken by EnsureUnsignalledWatched: watch
   std::atomic<bool> reaping_{false};   // the reaper may be inside io_getevents
   bool getevents_failing_ = false;     // guarded by the reap role: the last io_getevents failed
   // The kernel's interface (runtime/kernel_aio.h): its batch is the submit role's, its reaping the

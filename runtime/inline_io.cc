@@ -306,6 +306,10 @@ void Engine::EnsureUnsignalledWatched() {
   // seq_cst, with WatchUnsignalled's store of reaper_watching_ and its re-check of unsignalled_:
   // either the reaper sees our requests or we see that it is not watching and wake it.
   if (unsignalled_.load(std::memory_order_seq_cst) > 0 && !reaper_watching_.load(std::memory_order_seq_cst)) {
+    // relaxed: the eventfd write orders nothing for it, and a missed flag costs only one more wake-up:
+    // it tells the woken reaper to watch even if it finds the count at 0 by then (it may have
+    // reaped these requests itself on waking, and would not watch the next ones).
+    watch_wanted_.store(true, std::memory_order_relaxed);
     sys_.EventFdWrite(kernel_efd_.get(), 1);
   }
 }

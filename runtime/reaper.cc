@@ -38,7 +38,9 @@ void Engine::ReaperLoop() {
   while (true) {
     // seq_cst: the reaper's re-check in the unsignalled_ / reaper_watching_ handshake (engine.h), after
     // WatchUnsignalled's store of false.
-    if (unsignalled_.load(std::memory_order_seq_cst) > 0) {
+    // relaxed, watch_wanted_: a hint (see EnsureUnsignalledWatched); the load before it is the handshake's.
+    if (unsignalled_.load(std::memory_order_seq_cst) > 0 ||
+        (watch_wanted_.load(std::memory_order_relaxed) && watch_wanted_.exchange(false, std::memory_order_relaxed))) {
       WatchUnsignalled();
     } else {
       // A failed io_getevents may have left events whose eventfd count is spent: look again soon.
@@ -84,15 +86,20 @@ void Engine::WatchUnsignalled() {
   // seq_cst, with EnsureUnsignalledWatched's load: while it reads true, the caller leaves its requests
   // to us; the loop's loads (seq_cst) and ReaperLoop's re-check after the store of false see them.
   reaper_watching_.store(true, std::memory_order_seq_cst);
-  // Lingers for kWatchLingerLooks looks after the count reaches 0: a requester at iodepth 1 has
-  // nothing unsignalled between a completion and its next request, and leaving at once made each
-  // of its requests write the eventfd to start the watch again (EnsureUnsignalledWatched): the
-  // wake-up per request that announcing to the requester is there to save.
+  // Lingers while requests are still being submitted, until kWatchLingerLooks looks in a row find
+  // nothing unsignalled and nothing submitted since the last: a requester at iodepth 1 has nothing
+  // unsignalled between a completion and its next request (most of the time, if its own work is
+  // slow), and leaving then made its next request write the eventfd to start the watch again
+  // (EnsureUnsignalledWatched): the wake-up per request that announcing to the requester saves.
   int quiet_looks = 0;
+  // relaxed: a statistic, read as a hint of activity only.
+  uint64_t submitted_seen = counters_.kernel_submitted.load(std::memory_order_relaxed);
   while (true) {
+    const uint64_t submitted = counters_.kernel_submitted.load(std::memory_order_relaxed);
     // seq_cst: the count of the handshake, as below the loop.
-    if (unsignalled_.load(std::memory_order_seq_cst) > 0) {
+    if (unsignalled_.load(std::memory_order_seq_cst) > 0 || submitted != submitted_seen) {
       quiet_looks = 0;
+      submitted_seen = submitted;
     } else if (++quiet_looks > kWatchLingerLooks) {
       break;
     }
