@@ -93,8 +93,9 @@ ABSL_FLAG(int, nrfiles, 1, "number of files (1 to 4096); I/O spreads uniformly o
 ABSL_FLAG(bool, direct, true, "O_DIRECT; --buffered is --direct=0");
 ABSL_FLAG(bool, buffered, false, "through the page cache: the same as --direct=0");
 ABSL_FLAG(std::string, cache, "warm",
-          "buffered runs: read the files into the page cache before each engine (warm: page-cache hits, the "
-          "CPU-bound case) or drop them (cold)");
+          "buffered runs: before each engine, write back the files' dirty pages and read the files into the "
+          "page cache (warm: page-cache hits, the CPU-bound case; writes start on clean cached pages) or drop "
+          "them (cold)");
 ABSL_FLAG(int, rwmixread, 50, "mixed patterns: percentage of reads (0 to 100)");
 ABSL_FLAG(Seconds, runtime, Seconds{4}, "measured time per engine (5, 5s, 500ms, 1m)");
 ABSL_FLAG(Seconds, ramp, Seconds{0.5}, "unmeasured warm-up per engine; alias --ramp_time");

@@ -157,6 +157,10 @@ absl::Status PrimeCache(const Options& o, const std::vector<int>& fds) {
   std::vector<char> buf(kChunk);
   for (int fd : fds) {
     if (o.cache_warm) {
+      // Written back first: every engine then starts on clean cached pages. A write run left the next
+      // engine its dirty pages, and the same buffered randwrite row measured 208k or 91k IOPS for
+      // kaio depending on how much writeback was due (BENCHMARKS.md session 14).
+      fdatasync(fd);
       for (uint64_t off = 0; off < o.size; off += kChunk) {
         if (pread(fd, buf.data(), kChunk, static_cast<off_t>(off)) < 0) {
           return absl::ErrnoToStatus(errno, "reading the file into the page cache");
